@@ -1,0 +1,267 @@
+"""The file-system store: the embedded default, no server needed.
+
+Layout under the root::
+
+    models/{id}/weights.bin, optimizer.bin, manifest.json
+    sessions/{id}/kv.bin, meta.json
+    .staging/          saves in progress; leftovers of killed saves are removed
+
+A save writes every file into a staging folder on the same file system, fsyncs
+files and folder, then renames the folder into place (or atomically exchanges it
+with the old one on overwrite), so a reader sees a whole record or none.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PrivateAttr
+
+from statecheckpoint._codec import EncodedRecord, Kind
+from statecheckpoint.blocks import _fsutil
+from statecheckpoint.blocks.base import CheckpointStore, StoredRecord, Tag
+from statecheckpoint.errors import BackendUnavailableError, IntegrityError
+
+logger = logging.getLogger(__name__)
+
+_BLOB_FILES = {
+    "weights": "weights.bin",
+    "optimizer_state": "optimizer.bin",
+    "kv_cache": "kv.bin",
+}
+_MANIFEST = {"models": "manifest.json", "sessions": "meta.json"}
+_STAGING = ".staging"
+_READ_ATTEMPTS = 5
+
+
+class FileSystemStore(CheckpointStore):
+    """Stores checkpoints and sessions as folders of files under a root folder.
+
+    Example:
+        ```python
+        from statecheckpoint import CheckpointManager, FileSystemStore, ModelCheckpoint
+
+        store = FileSystemStore(root="./checkpoints")
+        with CheckpointManager(store) as manager:
+            checkpoint_id = manager.save(ModelCheckpoint(epoch=1, weights=b"..."))
+        ```
+    """
+
+    _block_type_name = "File System Checkpoint Store"
+    _description = "Checkpoints and inference sessions in a local or mounted folder."
+
+    root: str = Field(
+        default="./checkpoints",
+        description="Folder that holds models/ and sessions/.",
+    )
+    fallback_root: str | None = Field(
+        default=None,
+        description="Folder used instead when the root is missing, not a folder or "
+        "not writable. A warning names both.",
+    )
+    create_root: bool = Field(
+        default=True,
+        description="Create the root folder when it does not exist; when off, a "
+        "missing root is an error (or the fallback is used).",
+    )
+    check_writable: bool = Field(
+        default=True,
+        description="Check at start-up that the root can be written, by creating "
+        "and removing a small file.",
+    )
+
+    _resolved: Path | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # -- start-up -------------------------------------------------------------
+
+    @property
+    def active_root(self) -> Path:
+        """The folder in use: the root, or the fallback when the root is unusable."""
+        if self._resolved is None:
+            self.prepare()
+        assert self._resolved is not None
+        return self._resolved
+
+    def prepare(self) -> None:
+        """Resolves the folder in use and removes leftovers of killed saves.
+
+        Raises:
+            BackendUnavailableError: When neither the root nor the fallback is
+                usable, naming each and why.
+        """
+        with self._lock:
+            if self._resolved is not None:
+                return
+            root = Path(self.root).expanduser().absolute()
+            problem = self._problem_with(root)
+            if problem is None:
+                chosen = root
+            elif self.fallback_root is None:
+                raise BackendUnavailableError(
+                    f"checkpoint root {root} is not usable: {problem}; fix it or set "
+                    "fallback_root"
+                )
+            else:
+                fallback = Path(self.fallback_root).expanduser().absolute()
+                fallback_problem = self._problem_with(fallback)
+                if fallback_problem is not None:
+                    raise BackendUnavailableError(
+                        f"checkpoint root {root} is not usable: {problem}; and "
+                        f"fallback {fallback} is not usable either: {fallback_problem}"
+                    )
+                logger.warning(
+                    "checkpoint root %s is not usable (%s); using fallback %s",
+                    root,
+                    problem,
+                    fallback,
+                )
+                chosen = fallback
+            for sub in ("models", "sessions", _STAGING):
+                try:
+                    (chosen / sub).mkdir(exist_ok=True)
+                except OSError as exc:
+                    raise _fsutil.unavailable(exc, "create", chosen / sub) from exc
+            _fsutil.clean_staging(chosen / _STAGING)
+            self._resolved = chosen
+
+    def _problem_with(self, path: Path) -> str | None:
+        if not path.exists():
+            if not self.create_root:
+                return "it does not exist and create_root is off"
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                return f"cannot create it ({exc.strerror})"
+        if not path.is_dir():
+            return "it is not a folder"
+        if self.check_writable:
+            probe = path / f".write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                probe.write_bytes(b"ok")
+                probe.unlink()
+            except OSError as exc:
+                return f"it is not writable ({exc.strerror})"
+        return None
+
+    # -- primitives -----------------------------------------------------------
+
+    def _folder(self, kind: Kind, record_id: uuid.UUID) -> Path:
+        return self.active_root / kind / str(record_id)
+
+    def _blob_location(self, kind: Kind, record_id: uuid.UUID, blob: str) -> str:
+        return str(self._folder(kind, record_id) / _BLOB_FILES.get(blob, blob))
+
+    def _write_record(
+        self, record: EncodedRecord, summary_text: str, cancel: threading.Event
+    ) -> None:
+        root = self.active_root
+        final = root / record.kind / str(record.id)
+        manifest = f'{{"summary":{summary_text},"body":{record.body_text}}}'
+        try:
+            with _fsutil.staging(root / _STAGING, record.kind) as stage:
+                for name, view in record.blobs.items():
+                    _fsutil.write_file(stage / _BLOB_FILES[name], view, cancel)
+                manifest_view = memoryview(manifest.encode("ascii"))
+                _fsutil.write_file(
+                    stage / _MANIFEST[record.kind], manifest_view, cancel
+                )
+                _fsutil.fsync_dir(stage)
+                replaced = _fsutil.install(stage, final)
+                _fsutil.fsync_dir(final.parent)
+                if replaced:
+                    logger.debug("replaced %s, removing the old copy", final)
+        except OSError as exc:
+            raise _fsutil.unavailable(exc, "save to", final) from exc
+
+    def _read_record(
+        self, kind: Kind, record_id: uuid.UUID, cancel: threading.Event
+    ) -> StoredRecord | None:
+        folder = self._folder(kind, record_id)
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise _fsutil.unavailable(exc, "read", folder) from exc
+            try:
+                return self._read_from(dir_fd, kind, folder, cancel)
+            except FileNotFoundError:
+                # An overwrite or delete replaced the folder while we read it.
+                logger.debug("%s changed while read (attempt %d)", folder, attempt + 1)
+            finally:
+                os.close(dir_fd)
+        raise BackendUnavailableError(
+            f"{folder} kept changing while it was read; try again"
+        )
+
+    def _read_from(
+        self, dir_fd: int, kind: Kind, folder: Path, cancel: threading.Event
+    ) -> StoredRecord:
+        manifest_path = folder / _MANIFEST[kind]
+        raw = self._read_file(dir_fd, _MANIFEST[kind], str(manifest_path), cancel)
+        try:
+            manifest = json.loads(raw)
+            summary, body = manifest["summary"], manifest["body"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(
+                f"record {folder.name}: {manifest_path} cannot be parsed ({exc})",
+                record_id=folder.name,
+                blob=str(manifest_path),
+            ) from None
+        blobs = {
+            name: self._read_file(
+                dir_fd, _BLOB_FILES[name], str(folder / _BLOB_FILES[name]), cancel
+            )
+            for name in summary.get("blobs", {})
+            if name in _BLOB_FILES
+        }
+        return summary, body, blobs
+
+    @staticmethod
+    def _read_file(
+        dir_fd: int, name: str, where: str, cancel: threading.Event
+    ) -> bytearray:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+        try:
+            return _fsutil.read_into(fd, where, cancel)
+        finally:
+            os.close(fd)
+
+    def _list_summaries(self, kind: Kind, tag: Tag | None) -> list[Any]:
+        summaries = []
+        for folder in (self.active_root / kind).iterdir():
+            try:
+                uuid.UUID(folder.name)
+                raw = (folder / _MANIFEST[kind]).read_bytes()
+                summaries.append(json.loads(raw)["summary"])
+            except FileNotFoundError:
+                continue  # deleted while we listed
+            except (ValueError, KeyError, TypeError):
+                logger.warning("skipped %s: not a readable record", folder)
+        return summaries
+
+    def _delete_record(self, kind: Kind, record_id: uuid.UUID) -> bool:
+        root = self.active_root
+        final = root / kind / str(record_id)
+        trash = root / _STAGING / f"deleted-{record_id}-{uuid.uuid4().hex}"
+        try:
+            os.rename(final, trash)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR,):
+                return False
+            raise _fsutil.unavailable(exc, "delete", final) from exc
+        _fsutil.fsync_dir(final.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
