@@ -21,7 +21,7 @@ from prefect.blocks.core import Block
 
 from statecheckpoint import _codec
 from statecheckpoint._codec import EncodedRecord, Kind
-from statecheckpoint.errors import InvalidInputError
+from statecheckpoint.errors import IntegrityError, InvalidInputError
 from statecheckpoint.models import (
     CheckpointInfo,
     InferenceSession,
@@ -32,6 +32,7 @@ from statecheckpoint.models import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_KINDS: tuple[Kind, ...] = ("models", "sessions")
 Tag = tuple[str, str]
 StoredRecord = tuple[str | dict[str, Any], str | dict[str, Any], dict[str, bytearray]]
 """What a backend reads back: summary and body (JSON text or parsed), blobs by name."""
@@ -136,6 +137,28 @@ class CheckpointStore(Block, abc.ABC):
         if deleted:
             logger.info("deleted %s/%s", kind, rid)
         return deleted
+
+    def verify(self, record_id: object = None) -> list[IntegrityError]:
+        """Reads back stored records and checks every blob against its checksum.
+
+        Args:
+            record_id: Check only this checkpoint or session; by default all.
+
+        Returns:
+            One :class:`IntegrityError` per damaged record, naming its id and
+            blob; empty when everything verifies.
+        """
+        wanted = None if record_id is None else _codec.coerce_id(record_id)
+        problems: list[IntegrityError] = []
+        for kind in _KINDS:
+            for text in self._list_summaries(kind, None):
+                try:
+                    rid = _codec.coerce_id(_codec.parse_summary(text)["id"])
+                    if wanted is None or rid == wanted:
+                        self._load(kind, rid, verify=True)
+                except IntegrityError as exc:
+                    problems.append(exc)
+        return problems
 
     # -- training checkpoints -------------------------------------------------
 
