@@ -345,9 +345,9 @@ class CheckpointManager(_Manager[ModelCheckpoint, CheckpointInfo]):
     """
 
     _kind = "models"
-    _load_task = tasks.load_checkpoint
-    _list_task = tasks.list_checkpoints
-    _delete_task = tasks.delete_checkpoint
+    _load_task = staticmethod(tasks.load_checkpoint)
+    _list_task = staticmethod(tasks.list_checkpoints)
+    _delete_task = staticmethod(tasks.delete_checkpoint)
 
     def __init__(
         self,
@@ -384,9 +384,9 @@ class SessionManager(_Manager[InferenceSession, SessionInfo]):
     """
 
     _kind = "sessions"
-    _load_task = tasks.load_session
-    _list_task = tasks.list_sessions
-    _delete_task = tasks.delete_session
+    _load_task = staticmethod(tasks.load_session)
+    _list_task = staticmethod(tasks.list_sessions)
+    _delete_task = staticmethod(tasks.delete_session)
 
     def _encode(self, record: InferenceSession, record_id: uuid.UUID) -> EncodedRecord:
         return _codec.encode_session(record, record_id)

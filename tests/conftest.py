@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
@@ -31,6 +33,32 @@ def filesystem_store(tmp_path):
 def store(request):
     """A fresh, empty store of each backend in turn."""
     return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture
+def tmpfs():
+    """Mounts small tmpfs file systems (for full or read-only disks) and unmounts
+    them after the test. Needs root; in CI a failure to mount fails the test."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, options: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            reason = f"cannot mount a tmpfs: {done.stderr.strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture(scope="session")

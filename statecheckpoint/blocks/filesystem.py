@@ -239,7 +239,12 @@ class FileSystemStore(CheckpointStore):
 
     def _list_summaries(self, kind: Kind, tag: Tag | None) -> list[Any]:
         summaries = []
-        for folder in (self.active_root / kind).iterdir():
+        area = self.active_root / kind
+        try:
+            folders = list(area.iterdir())
+        except OSError as exc:
+            raise _fsutil.unavailable(exc, "list", area) from exc
+        for folder in folders:
             try:
                 uuid.UUID(folder.name)
                 raw = (folder / _MANIFEST[kind]).read_bytes()
