@@ -13,10 +13,13 @@ or closed.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
+import sys
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -101,6 +104,26 @@ def _detached(fn: Callable[[], Any]) -> Any:
     return contextvars.copy_context().run(run)
 
 
+_LIVE: weakref.WeakSet[_Manager[Any, Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _report_lost_saves() -> None:
+    """Says on stderr which background saves a process exits without.
+
+    Pending saves drain before this runs (the runner's worker thread is joined at
+    interpreter exit); what failed and was never raised by ``flush()`` is lost.
+    """
+    for manager in list(_LIVE):
+        with manager._lock:
+            lost = [*manager._pending, *(rid for rid, _ in manager._failures)]
+        if lost:
+            sys.stderr.write(
+                f"statecheckpoint: {len(lost)} background save(s) were lost at exit: "
+                f"{', '.join(map(str, lost))}\n"
+            )
+
+
 class _Manager(Generic[R, InfoT]):
     """What both managers share; the subclasses bind the domain's tasks."""
 
@@ -126,6 +149,7 @@ class _Manager(Generic[R, InfoT]):
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         store.prepare()
+        _LIVE.add(self)
 
     def save(self, record: R, *, existing_id: object = None) -> uuid.UUID:
         """Saves a record and returns its id.
