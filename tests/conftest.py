@@ -15,11 +15,18 @@ os.environ.setdefault(
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["tests.plugins.postgres", "tests.plugins.sqlserver"]
+
 # Each backend's plugin defines a ``<name>_store`` fixture; the contract suite runs
 # against every entry here.
 STORE_BACKENDS = [
     pytest.param("filesystem", id="filesystem"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
+if os.environ.get("STATECHECKPOINT_SQLSERVER_URL"):
+    STORE_BACKENDS.append(
+        pytest.param("sqlserver", id="sqlserver", marks=pytest.mark.sqlserver)
+    )
 
 
 @pytest.fixture

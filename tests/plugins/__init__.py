@@ -1,0 +1,1 @@
+"""Pytest plugins: fixtures shared by the test modules, one module per backend."""
