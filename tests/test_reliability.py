@@ -225,3 +225,87 @@ def test_metadata_round_trips_exactly_or_is_refused(store, tags, vocab, loss, ex
     assert repr(loaded.loss) == repr(loss)
     assert repr(loaded.hyperparameters.model_extra["extra"]) == repr(extra)
     assert store.list_checkpoints(next(iter(tags.items()), None))[0].id is not None
+
+
+def _pg_restart() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+def test_postgres_restarted_during_a_save_the_retry_succeeds(postgres_database):
+    """The server restarts mid-COPY: the task's retry saves once it is back, and
+    nothing of the failed attempt remains (no row, no chunk)."""
+    import threading
+
+    from statecheckpoint.tasks import save_checkpoint
+
+    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
+        _unavailable_here("pg_ctlcluster is needed to restart the local server")
+    store = postgres_database.store()
+    store.ensure_schema()
+    payload = os.urandom(1 << 20) * 300
+    task = save_checkpoint.with_options(retries=5, retry_delay_seconds=3)
+    outcome: dict[str, object] = {}
+
+    def save() -> None:
+        try:
+            state = task(
+                store, ModelCheckpoint(epoch=1, weights=payload), return_state=True
+            )
+            outcome["run"] = state.state_details.task_run_id
+            outcome["id"] = state.result()
+        except BaseException as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    saver = threading.Thread(target=save)
+    saver.start()
+    with postgres_database.connect() as watcher:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            copying = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'COPY%%'"
+            ).fetchone()[0]
+            if copying:
+                break
+            time.sleep(0.05)
+        assert copying, "the save never reached its COPY"
+    _pg_restart()
+    saver.join(600)
+
+    assert "error" not in outcome, outcome.get("error")
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        attempts = client.read_task_run(outcome["run"]).run_count
+    assert attempts >= 2, "the restart should have failed the first attempt"
+    saved = outcome["id"]
+    loaded = store.load_checkpoint(saved)
+    assert bytes(loaded.weights) == payload
+    with postgres_database.connect() as check:
+        schema = store.schema_name
+        rows = check.execute(
+            f'SELECT id FROM "{schema}".statecheckpoint_records'
+        ).fetchall()
+        stray = check.execute(
+            f'SELECT count(*) FROM "{schema}".statecheckpoint_chunks '
+            "WHERE record_id <> %s",
+            (saved,),
+        ).fetchone()[0]
+    assert rows == [(saved,)]
+    assert stray == 0
+
+
+def _unavailable_here(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
