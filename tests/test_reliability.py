@@ -227,10 +227,10 @@ def test_metadata_round_trips_exactly_or_is_refused(store, tags, vocab, loss, ex
     assert store.list_checkpoints(next(iter(tags.items()), None))[0].id is not None
 
 
-def _pg_restart() -> None:
+def _pg_ctl(action: str) -> None:
     version = sorted(os.listdir("/etc/postgresql"))[-1]
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
         check=True,
         capture_output=True,
         timeout=120,
@@ -279,7 +279,7 @@ def test_postgres_restarted_during_a_save_the_retry_succeeds(postgres_database):
                 break
             time.sleep(0.05)
         assert copying, "the save never reached its COPY"
-    _pg_restart()
+    _pg_ctl("restart")
     saver.join(600)
 
     assert "error" not in outcome, outcome.get("error")
@@ -309,3 +309,68 @@ def _unavailable_here(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize(
+    "backend", ["filesystem", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_store_gone_mid_queue_every_failed_save_is_reported(request, backend):
+    """Background saves queued while the store goes away (root replaced by a file,
+    database stopped): each reaches on_error and flush(), none is listed."""
+    from statecheckpoint import (
+        BackgroundSaveError,
+        BackgroundSaveOptions,
+        CheckpointManager,
+    )
+
+    store = request.getfixturevalue(f"{backend}_store")
+    errors: list[uuid.UUID] = []
+    options = BackgroundSaveOptions(
+        enabled=True, queue_capacity=8, on_error=lambda exc, rid: errors.append(rid)
+    )
+    manager = CheckpointManager(store, background=options, retries=0)
+    kept = manager.save(ModelCheckpoint(epoch=0, weights=b"kept"))
+    manager.flush()
+
+    if backend == "filesystem":
+        models = store.active_root / "models"
+        away = store.active_root / "models-away"
+        models.rename(away)
+        models.write_text("gone")
+
+        def restore() -> None:
+            models.unlink()
+            away.rename(models)
+
+    else:
+        _pg_ctl("stop")
+
+        def restore() -> None:
+            _pg_ctl("start")
+
+    try:
+        queued = [
+            manager.save(ModelCheckpoint(epoch=e, weights=b"x" * 1000))
+            for e in range(1, 6)
+        ]
+        with pytest.raises(BackgroundSaveError) as caught:
+            manager.flush()
+    finally:
+        restore()
+    manager.close()
+
+    assert sorted(errors) == sorted(queued)
+    assert sorted(rid for rid, _ in caught.value.failures) == sorted(queued)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            listed = [info.id for info in store.list_checkpoints()]
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert listed == [kept]
