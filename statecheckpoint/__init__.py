@@ -1,15 +1,23 @@
 """statecheckpoint: training checkpoints and inference sessions, persisted safely
 and run as Prefect tasks, blocks and flows."""
 
-from statecheckpoint.blocks import CheckpointPointer, CheckpointStore, FileSystemStore
+from statecheckpoint.blocks import (
+    CheckpointPointer,
+    CheckpointStore,
+    FileSystemStore,
+    PostgresStore,
+    SqlServerStore,
+)
 from statecheckpoint.errors import (
     BackendUnavailableError,
     BackgroundSaveError,
+    FingerprintMismatchError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
     StateCheckpointError,
 )
+from statecheckpoint.fingerprint import fingerprint
 from statecheckpoint.managers import (
     BackgroundSaveOptions,
     CheckpointManager,
@@ -25,6 +33,7 @@ from statecheckpoint.models import (
     SessionInfo,
     TokenizerData,
 )
+from statecheckpoint.retention import RetentionPolicy
 
 __all__ = [
     "BackendUnavailableError",
@@ -35,6 +44,7 @@ __all__ = [
     "CheckpointPointer",
     "CheckpointStore",
     "FileSystemStore",
+    "FingerprintMismatchError",
     "HyperParameters",
     "InferenceSession",
     "IntegrityError",
@@ -42,9 +52,13 @@ __all__ = [
     "MergeRule",
     "ModelCheckpoint",
     "NotFoundError",
+    "RetentionPolicy",
+    "PostgresStore",
     "SamplingConfig",
     "SessionInfo",
     "SessionManager",
+    "SqlServerStore",
     "StateCheckpointError",
     "TokenizerData",
+    "fingerprint",
 ]

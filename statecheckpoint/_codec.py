@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-import xxhash
-
+from statecheckpoint import _xxh3
 from statecheckpoint.errors import IntegrityError, InvalidInputError
 from statecheckpoint.models import (
     CheckpointInfo,
@@ -36,6 +35,14 @@ CHECKSUM = "xxh3_128"
 MODEL_BLOBS = ("weights", "optimizer_state")
 SESSION_BLOBS = ("kv_cache",)
 _HASH_CHUNK = 16 << 20
+
+
+class Hasher(Protocol):
+    """The streaming interface of a checksum (an ``xxhash.xxh3_128``)."""
+
+    def update(self, data: Any, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 def coerce_id(value: object) -> uuid.UUID:
@@ -65,9 +72,21 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, allow_nan=True, separators=(",", ":"))
 
 
+def new_hasher() -> Hasher:
+    """Returns a streaming hasher for :data:`CHECKSUM`.
+
+    Feed it a blob's bytes in order with ``update`` and read ``hexdigest()``:
+    the result equals :func:`checksum` of the whole blob. Stores use it to hash
+    each chunk while it is still in the CPU cache from being read or written.
+    It lets other threads run while it hashes (see ``_xxh3``).
+    """
+    hasher: Hasher = _xxh3.new()
+    return hasher
+
+
 def checksum(view: memoryview) -> str:
     """Returns the hex xxh3-128 digest of a byte view."""
-    hasher = xxhash.xxh3_128()
+    hasher = new_hasher()
     for start in range(0, len(view), _HASH_CHUNK):
         hasher.update(view[start : start + _HASH_CHUNK])
     return hasher.hexdigest()
@@ -239,6 +258,7 @@ def verify_blobs(
     blobs: dict[str, bytearray],
     record_id: uuid.UUID,
     locate: Callable[[str], str],
+    digests: Mapping[str, str] | None = None,
 ) -> None:
     """Checks each blob's size and checksum against the summary.
 
@@ -247,6 +267,8 @@ def verify_blobs(
         blobs: The blobs as read.
         record_id: The record's id, for the error.
         locate: Names where a blob is stored (a file path, a table row).
+        digests: Checksums of the blobs computed while they were read; a blob
+            without one here is hashed now.
 
     Raises:
         IntegrityError: Naming the record and the first damaged blob.
@@ -267,7 +289,8 @@ def verify_blobs(
                 record_id=record_id,
                 blob=name,
             )
-        if checksum(memoryview(data)) != meta[CHECKSUM]:
+        digest = (digests or {}).get(name) or checksum(memoryview(data))
+        if digest != meta[CHECKSUM]:
             raise IntegrityError(
                 f"record {record_id}: blob {name!r} ({where}) fails its {CHECKSUM} "
                 "checksum; the stored copy is damaged",

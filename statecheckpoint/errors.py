@@ -14,6 +14,7 @@ __all__ = [
     "IntegrityError",
     "BackendUnavailableError",
     "BackgroundSaveError",
+    "FingerprintMismatchError",
 ]
 
 
@@ -65,3 +66,27 @@ class BackgroundSaveError(StateCheckpointError):
             f"{len(failures)} background save(s) failed: {ids}; first error: {first!r}"
         )
         self.failures = failures
+
+
+class FingerprintMismatchError(StateCheckpointError):
+    """Raised when a session is loaded for a model other than the one it was
+    saved with; its KV-cache would be meaningless there.
+
+    Load the model the session names, or start a new session.
+
+    Attributes:
+        session_id: The session's id.
+        expected: The fingerprint the caller's model has.
+        actual: The fingerprint stored with the session ("" when none was).
+    """
+
+    def __init__(self, session_id: object, expected: str, actual: str):
+        stored = f"model {actual[:16]}..." if actual else "no model fingerprint"
+        super().__init__(
+            f"session {session_id} was saved with {stored}, not with the expected "
+            f"model {expected[:16]}...; load the model it was made with or start a "
+            "new session"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual

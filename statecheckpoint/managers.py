@@ -5,6 +5,9 @@ background saves enabled, ``save`` freezes the metadata, snapshots mutable
 buffers (one copy; immutable ``bytes`` are never copied), submits the save task
 to a thread-pool task runner the manager owns and returns the id at once. At
 most ``queue_capacity`` saves are pending; the next ``save`` waits for a slot.
+A finished save's snapshot memory is kept for the next snapshot of the same
+size, until the manager is closed: faulting fresh memory in costs more than the
+copy itself.
 
 The runner is detached from the caller's flow run, so a flow that returns while
 saves are pending does not cancel them; they finish when the manager is flushed
@@ -36,7 +39,8 @@ from prefect.context import (
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from statecheckpoint import _codec, tasks
+from statecheckpoint import _codec, _copy, tasks
+from statecheckpoint._client import SharedClient
 from statecheckpoint._codec import EncodedRecord
 from statecheckpoint.blocks.base import CheckpointStore, Tag
 from statecheckpoint.blocks.pointer import check_pointer_name
@@ -47,6 +51,7 @@ from statecheckpoint.models import (
     ModelCheckpoint,
     SessionInfo,
 )
+from statecheckpoint.retention import RetentionPolicy, with_run_tag
 
 logger = logging.getLogger(__name__)
 
@@ -78,26 +83,35 @@ class BackgroundSaveOptions:
             )
 
 
-def snapshot(view: memoryview, source: object) -> memoryview:
-    """Returns a private copy of a mutable buffer; ``bytes`` are shared as-is."""
+def snapshot(
+    view: memoryview, source: object, pool: _copy.BufferPool | None = None
+) -> memoryview:
+    """Returns a private copy of a mutable buffer; ``bytes`` are shared as-is.
+
+    The copy goes into a buffer from ``pool`` when given (a manager's, holding
+    the last save's snapshot), and a large one is made by several threads at
+    once (see ``_copy``).
+    """
     if type(source) is bytes:
         return view
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is optional
         return memoryview(bytearray(view))
-    copy = np.empty(len(view), dtype=np.uint8)
-    copy[:] = np.frombuffer(view, dtype=np.uint8)
+    copy = _copy.aligned_empty(len(view)) if pool is None else pool.take(len(view))
+    _copy.copy_into(copy, np.frombuffer(view, dtype=np.uint8))
     return memoryview(copy).toreadonly()
 
 
-def _detached(fn: Callable[[], Any]) -> Any:
-    """Calls ``fn`` with no flow or task run in context, so that what it submits
-    outlives the caller's flow run (and its API clients)."""
+def _detached(fn: Callable[[], Any], client: SyncClientContext) -> Any:
+    """Calls ``fn`` with no flow or task run in context and the manager's own API
+    client, so that what it submits outlives the caller's flow run (and its API
+    clients)."""
 
     def run() -> Any:
-        for model in (FlowRunContext, TaskRunContext, SyncClientContext):
+        for model in (FlowRunContext, TaskRunContext):
             model.__var__.set(None)
+        SyncClientContext.__var__.set(client)
         AsyncClientContext.__var__.set(None)
         return fn()
 
@@ -148,6 +162,8 @@ class _Manager(Generic[R, InfoT]):
         self._failures: list[tuple[uuid.UUID, BaseException]] = []
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._client = SharedClient()
+        self._buffers = _copy.BufferPool()
         store.prepare()
         _LIVE.add(self)
 
@@ -179,8 +195,8 @@ class _Manager(Generic[R, InfoT]):
         Raises:
             IntegrityError: When a stored blob is damaged, naming id and blob.
         """
-        result: R | None = self._load_task(
-            self.store, _codec.coerce_id(record_id), verify
+        result: R | None = self._client.call(
+            self._load_task, self.store, _codec.coerce_id(record_id), verify
         )
         return result
 
@@ -190,12 +206,14 @@ class _Manager(Generic[R, InfoT]):
         Args:
             tag: A ``(key, value)`` pair the record's tags must contain.
         """
-        result: list[InfoT] = self._list_task(self.store, tag)
+        result: list[InfoT] = self._client.call(self._list_task, self.store, tag)
         return result
 
     def delete(self, record_id: object) -> bool:
         """Deletes a record; returns False when it did not exist."""
-        result: bool = self._delete_task(self.store, _codec.coerce_id(record_id))
+        result: bool = self._client.call(
+            self._delete_task, self.store, _codec.coerce_id(record_id)
+        )
         return result
 
     async def asave(self, record: R, *, existing_id: object = None) -> uuid.UUID:
@@ -226,20 +244,31 @@ class _Manager(Generic[R, InfoT]):
     def _pointer(self) -> str | None:
         return None
 
+    def _retention(self) -> RetentionPolicy | None:
+        return None
+
     def _save(self, record: R, existing_id: object) -> uuid.UUID:
         record_id = (
             uuid.uuid4() if existing_id is None else _codec.coerce_id(existing_id)
         )
         encoded = self._encode(record, record_id)
         if not self.background.enabled:
-            return self._write(self.store, encoded, self._pointer())
+            return self._client.call(
+                self._write, self.store, encoded, self._pointer(), self._retention()
+            )
 
         self._slots.acquire()
         try:
-            encoded.blobs = {
-                name: snapshot(view, getattr(record, name))
+            snapshots = {
+                name: snapshot(view, getattr(record, name), self._buffers)
                 for name, view in encoded.blobs.items()
             }
+            copies = [
+                snapshots[name].obj
+                for name, view in encoded.blobs.items()
+                if snapshots[name] is not view
+            ]
+            encoded.blobs = snapshots
             future = _detached(
                 lambda: self._started_runner().submit(
                     self._write,
@@ -247,15 +276,17 @@ class _Manager(Generic[R, InfoT]):
                         "store": self.store,
                         "record": encoded,
                         "pointer_name": self._pointer(),
+                        "retention": self._retention(),
                     },
-                )
+                ),
+                self._client.context(),
             )
         except BaseException:
             self._slots.release()
             raise
         with self._lock:
             self._pending[record_id] = future
-        future.add_done_callback(lambda done: self._finished(record_id, done))
+        future.add_done_callback(lambda done: self._finished(record_id, done, copies))
         logger.debug("queued background save of %s", record_id)
         return record_id
 
@@ -266,7 +297,12 @@ class _Manager(Generic[R, InfoT]):
                 self._runner = ThreadPoolTaskRunner(max_workers=1).__enter__()
             return self._runner
 
-    def _finished(self, record_id: uuid.UUID, future: PrefectFuture[Any]) -> None:
+    def _finished(
+        self,
+        record_id: uuid.UUID,
+        future: PrefectFuture[Any],
+        copies: list[Any] | None = None,
+    ) -> None:
         error: BaseException | None = None
         try:
             future.wait()
@@ -280,6 +316,8 @@ class _Manager(Generic[R, InfoT]):
                 )
         except BaseException as exc:  # noqa: BLE001 - reported, never swallowed
             error = exc
+        if error is None and copies:
+            self._buffers.give(copies)
         with self._lock:
             self._pending.pop(record_id, None)
             if error is not None:
@@ -327,6 +365,8 @@ class _Manager(Generic[R, InfoT]):
                 runner, self._runner = self._runner, None
             if runner is not None:
                 runner.__exit__(None, None, None)
+            self._client.close()
+            self._buffers.clear()
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
@@ -354,6 +394,10 @@ class CheckpointManager(_Manager[ModelCheckpoint, CheckpointInfo]):
         retries: How often a save retries a backend that is unavailable.
         pointer_name: A :class:`~statecheckpoint.CheckpointPointer` block name,
             moved to each checkpoint once it is durable, for resume flows.
+        retention: Which checkpoints of the run to keep, applied after each
+            save (see :class:`~statecheckpoint.RetentionPolicy`). Needs a run:
+            checkpoints tagged ``run=...``, or ``pointer_name``, which tags
+            them ``run=<pointer_name>``.
 
     Example:
         ```python
@@ -380,23 +424,31 @@ class CheckpointManager(_Manager[ModelCheckpoint, CheckpointInfo]):
         background: BackgroundSaveOptions | None = None,
         retries: int = tasks.DEFAULT_RETRIES,
         pointer_name: str | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.pointer_name = (
             None if pointer_name is None else check_pointer_name(pointer_name)
         )
+        self.retention = retention
         super().__init__(store, background=background, retries=retries)
 
     def _encode(self, record: ModelCheckpoint, record_id: uuid.UUID) -> EncodedRecord:
+        if self.retention is not None:
+            record = with_run_tag(record, self.pointer_name)
         return _codec.encode_checkpoint(record, record_id)
 
     def _pointer(self) -> str | None:
         return self.pointer_name
 
+    def _retention(self) -> RetentionPolicy | None:
+        return self.retention
+
 
 class SessionManager(_Manager[InferenceSession, SessionInfo]):
     """Saves, loads, lists and deletes inference sessions as Prefect tasks.
 
-    Takes the arguments of :class:`CheckpointManager` but ``pointer_name``.
+    Takes the arguments of :class:`CheckpointManager` but ``pointer_name`` and
+    ``retention``.
 
     Example:
         ```python
@@ -414,3 +466,49 @@ class SessionManager(_Manager[InferenceSession, SessionInfo]):
 
     def _encode(self, record: InferenceSession, record_id: uuid.UUID) -> EncodedRecord:
         return _codec.encode_session(record, record_id)
+
+    def load(
+        self,
+        record_id: object,
+        *,
+        verify: bool = True,
+        expected_fingerprint: str | None = None,
+    ) -> InferenceSession | None:
+        """Loads a session (KV-cache as ``bytearray``), or None when there is none.
+
+        Args:
+            record_id: The id, a UUID or its string.
+            verify: Check the KV-cache against its stored checksum.
+            expected_fingerprint: The fingerprint of the model at hand (see
+                :func:`~statecheckpoint.fingerprint`); a session saved with
+                another model is refused.
+
+        Raises:
+            FingerprintMismatchError: When the session was saved with another model.
+            IntegrityError: When the stored KV-cache is damaged.
+        """
+        result: InferenceSession | None = self._client.call(
+            self._load_task,
+            self.store,
+            _codec.coerce_id(record_id),
+            verify,
+            expected_fingerprint,
+        )
+        return result
+
+    async def aload(
+        self,
+        record_id: object,
+        *,
+        verify: bool = True,
+        expected_fingerprint: str | None = None,
+    ) -> InferenceSession | None:
+        """Async twin of :meth:`load`."""
+        return await anyio.to_thread.run_sync(
+            partial(
+                self.load,
+                record_id,
+                verify=verify,
+                expected_fingerprint=expected_fingerprint,
+            )
+        )

@@ -147,9 +147,12 @@ def test_failed_background_save_reaches_on_error_and_flush_and_is_not_listed(
 
 
 def test_context_manager_exit_raises_for_failed_background_saves(filesystem_store):
-    with pytest.raises(BackgroundSaveError), CheckpointManager(
-        filesystem_store, background=_background(), retries=0
-    ) as manager:
+    with (
+        pytest.raises(BackgroundSaveError),
+        CheckpointManager(
+            filesystem_store, background=_background(), retries=0
+        ) as manager,
+    ):
         _break(filesystem_store)
         manager.save(ModelCheckpoint(weights=b"w"))
 

@@ -18,10 +18,15 @@ from typing import Any, TypeVar
 
 import anyio
 from prefect.blocks.core import Block
+from pydantic_core import PydanticUndefined
 
-from statecheckpoint import _codec
+from statecheckpoint import _codec, _progress
 from statecheckpoint._codec import EncodedRecord, Kind
-from statecheckpoint.errors import IntegrityError, InvalidInputError
+from statecheckpoint.errors import (
+    FingerprintMismatchError,
+    IntegrityError,
+    InvalidInputError,
+)
 from statecheckpoint.models import (
     CheckpointInfo,
     InferenceSession,
@@ -48,6 +53,32 @@ class CheckpointStore(Block, abc.ABC):
     """
 
     _block_type_name = "Checkpoint Store"
+    _documentation_url = "https://pypi.org/project/statecheckpoint/"  # type: ignore[assignment]
+
+    # -- pickling -------------------------------------------------------------
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # A copy sent to another process (a Dask worker) keeps the settings and
+        # the block's identity, but not this process's locks, connections or
+        # resolved paths: they are made anew there, on first use.
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__") or {}
+        state["__pydantic_private__"] = {
+            name: value
+            for name, value in private.items()
+            if name in Block.__private_attributes__
+        }
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        private = dict(self.__pydantic_private__ or {})
+        for name, attribute in self.__private_attributes__.items():
+            if name not in private:
+                default = attribute.get_default(call_default_factory=True)
+                if default is not PydanticUndefined:
+                    private[name] = default
+        object.__setattr__(self, "__pydantic_private__", private)
 
     # -- primitives a backend implements --------------------------------------
 
@@ -93,6 +124,7 @@ class CheckpointStore(Block, abc.ABC):
         when ``save`` was called.
         """
         cancel = cancel or threading.Event()
+        _progress.expect(sum(len(view) for view in record.blobs.values()))
         digests = {name: _codec.checksum(view) for name, view in record.blobs.items()}
         self._write_record(record, record.summary_text(digests), cancel)
         logger.info("committed %s/%s", record.kind, record.id)
@@ -218,10 +250,27 @@ class CheckpointStore(Block, abc.ABC):
         return self.write_encoded(_codec.encode_session(session, record_id))
 
     def load_session(
-        self, session_id: object, *, verify: bool = True
+        self,
+        session_id: object,
+        *,
+        verify: bool = True,
+        expected_fingerprint: str | None = None,
     ) -> InferenceSession | None:
-        """Loads a session, or None; see :meth:`load_checkpoint`."""
-        return self._load("sessions", session_id, verify)
+        """Loads a session, or None; see :meth:`load_checkpoint`.
+
+        Args:
+            session_id: The id, a UUID or its string.
+            verify: Check the KV-cache against its stored checksum.
+            expected_fingerprint: The fingerprint of the model at hand (see
+                :func:`statecheckpoint.fingerprint`); a session saved with
+                another model is refused.
+
+        Raises:
+            FingerprintMismatchError: When the session was saved with another
+                model fingerprint than ``expected_fingerprint``.
+        """
+        session = self._load("sessions", session_id, verify)
+        return _same_model(session, expected_fingerprint)
 
     def list_sessions(self, tag: Tag | None = None) -> list[SessionInfo]:
         """Lists sessions, newest first; see :meth:`list_checkpoints`."""
@@ -264,12 +313,17 @@ class CheckpointStore(Block, abc.ABC):
         return await run_cancellable(self.write_encoded, record)
 
     async def aload_session(
-        self, session_id: object, *, verify: bool = True
+        self,
+        session_id: object,
+        *,
+        verify: bool = True,
+        expected_fingerprint: str | None = None,
     ) -> InferenceSession | None:
         """Async twin of :meth:`load_session`."""
-        return await run_cancellable(
+        session = await run_cancellable(
             partial(self._load, "sessions"), session_id, verify
         )
+        return _same_model(session, expected_fingerprint)
 
     async def alist_sessions(self, tag: Tag | None = None) -> list[SessionInfo]:
         """Async twin of :meth:`list_sessions`."""
@@ -282,6 +336,14 @@ class CheckpointStore(Block, abc.ABC):
 
 def _new_or_given(existing_id: object) -> uuid.UUID:
     return uuid.uuid4() if existing_id is None else _codec.coerce_id(existing_id)
+
+
+def _same_model(
+    session: InferenceSession | None, expected: str | None
+) -> InferenceSession | None:
+    if session is None or expected is None or session.model_fingerprint == expected:
+        return session
+    raise FingerprintMismatchError(session.id, expected, session.model_fingerprint)
 
 
 def _invalid_tag(tag: object) -> InvalidInputError:

@@ -20,13 +20,16 @@ import os
 import shutil
 import threading
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, PrivateAttr
 
+from statecheckpoint import _codec, _progress
 from statecheckpoint._codec import EncodedRecord, Kind
 from statecheckpoint.blocks import _fsutil
+from statecheckpoint.blocks import base as _base
 from statecheckpoint.blocks.base import CheckpointStore, StoredRecord, Tag
 from statecheckpoint.errors import BackendUnavailableError, IntegrityError
 
@@ -47,9 +50,10 @@ class FileSystemStore(CheckpointStore):
 
     Example:
         ```python
-        from statecheckpoint import CheckpointManager, FileSystemStore, ModelCheckpoint
+        from statecheckpoint import CheckpointManager, ModelCheckpoint
+        from statecheckpoint.blocks import FileSystemStore
 
-        store = FileSystemStore(root="./checkpoints")
+        store = FileSystemStore.load("BLOCK_NAME")  # or FileSystemStore(root="./ckpt")
         with CheckpointManager(store) as manager:
             checkpoint_id = manager.save(ModelCheckpoint(epoch=1, weights=b"..."))
         ```
@@ -160,16 +164,41 @@ class FileSystemStore(CheckpointStore):
     def _blob_location(self, kind: Kind, record_id: uuid.UUID, blob: str) -> str:
         return str(self._folder(kind, record_id) / _BLOB_FILES.get(blob, blob))
 
+    def write_encoded(
+        self, record: EncodedRecord, cancel: threading.Event | None = None
+    ) -> uuid.UUID:
+        """Checksums and stores an already encoded record; returns its id.
+
+        Same as :meth:`CheckpointStore.write_encoded`, but each blob is hashed
+        chunk by chunk as it is written instead of in a pass of its own.
+        """
+        cancel = cancel or threading.Event()
+        _progress.expect(sum(len(view) for view in record.blobs.values()))
+        self._write_record(record, None, cancel)
+        _base.logger.info("committed %s/%s", record.kind, record.id)
+        return record.id
+
     def _write_record(
-        self, record: EncodedRecord, summary_text: str, cancel: threading.Event
+        self,
+        record: EncodedRecord,
+        summary_text: str | None,
+        cancel: threading.Event,
     ) -> None:
+        # Without a summary (from write_encoded) the blobs are checksummed as they
+        # are written and the summary is made from those digests.
         root = self.active_root
         final = root / record.kind / str(record.id)
-        manifest = f'{{"summary":{summary_text},"body":{record.body_text}}}'
         try:
             with _fsutil.staging(root / _STAGING, record.kind) as stage:
+                digests: dict[str, str] = {}
                 for name, view in record.blobs.items():
-                    _fsutil.write_file(stage / _BLOB_FILES[name], view, cancel)
+                    hasher = _codec.new_hasher() if summary_text is None else None
+                    _fsutil.write_file(stage / _BLOB_FILES[name], view, cancel, hasher)
+                    if hasher is not None:
+                        digests[name] = hasher.hexdigest()
+                if summary_text is None:
+                    summary_text = record.summary_text(digests)
+                manifest = f'{{"summary":{summary_text},"body":{record.body_text}}}'
                 manifest_view = memoryview(manifest.encode("ascii"))
                 _fsutil.write_file(
                     stage / _MANIFEST[record.kind], manifest_view, cancel
@@ -182,9 +211,43 @@ class FileSystemStore(CheckpointStore):
         except OSError as exc:
             raise _fsutil.unavailable(exc, "save to", final) from exc
 
+    def _load(
+        self,
+        kind: Kind,
+        record_id: object,
+        verify: bool,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        # As the base class does, but a verified load hashes each chunk as it is
+        # read instead of passing over the blobs a second time.
+        if not verify:
+            return super()._load(kind, record_id, verify, cancel)
+        rid = _codec.coerce_id(record_id)
+        digests: dict[str, str] = {}
+        stored = self._read_parts(kind, rid, cancel or threading.Event(), digests)
+        if stored is None:
+            return None
+        summary_text, body_text, blobs = stored
+        summary = _codec.parse_summary(summary_text, rid)
+        _codec.verify_blobs(
+            summary, blobs, rid, partial(self._blob_location, kind, rid), digests
+        )
+        _base.logger.debug("loaded %s/%s", kind, rid)
+        return _codec.decode_record(summary, body_text, blobs)
+
     def _read_record(
         self, kind: Kind, record_id: uuid.UUID, cancel: threading.Event
     ) -> StoredRecord | None:
+        return self._read_parts(kind, record_id, cancel, None)
+
+    def _read_parts(
+        self,
+        kind: Kind,
+        record_id: uuid.UUID,
+        cancel: threading.Event,
+        digests: dict[str, str] | None,
+    ) -> StoredRecord | None:
+        """Reads a record; given a dict, fills it with each blob's checksum."""
         folder = self._folder(kind, record_id)
         for attempt in range(_READ_ATTEMPTS):
             try:
@@ -194,7 +257,7 @@ class FileSystemStore(CheckpointStore):
             except OSError as exc:
                 raise _fsutil.unavailable(exc, "read", folder) from exc
             try:
-                return self._read_from(dir_fd, kind, folder, cancel)
+                return self._read_from(dir_fd, kind, folder, cancel, digests)
             except FileNotFoundError:
                 # An overwrite or delete replaced the folder while we read it.
                 logger.debug("%s changed while read (attempt %d)", folder, attempt + 1)
@@ -205,7 +268,12 @@ class FileSystemStore(CheckpointStore):
         )
 
     def _read_from(
-        self, dir_fd: int, kind: Kind, folder: Path, cancel: threading.Event
+        self,
+        dir_fd: int,
+        kind: Kind,
+        folder: Path,
+        cancel: threading.Event,
+        digests: dict[str, str] | None,
     ) -> StoredRecord:
         manifest_path = folder / _MANIFEST[kind]
         raw = self._read_file(dir_fd, _MANIFEST[kind], str(manifest_path), cancel)
@@ -218,22 +286,31 @@ class FileSystemStore(CheckpointStore):
                 record_id=folder.name,
                 blob=str(manifest_path),
             ) from None
-        blobs = {
-            name: self._read_file(
-                dir_fd, _BLOB_FILES[name], str(folder / _BLOB_FILES[name]), cancel
+        _progress.expect_summary(summary)
+        blobs = {}
+        for name in summary.get("blobs", {}):
+            if name not in _BLOB_FILES:
+                continue
+            hasher = None if digests is None else _codec.new_hasher()
+            where = str(folder / _BLOB_FILES[name])
+            blobs[name] = self._read_file(
+                dir_fd, _BLOB_FILES[name], where, cancel, hasher
             )
-            for name in summary.get("blobs", {})
-            if name in _BLOB_FILES
-        }
+            if hasher is not None:
+                digests[name] = hasher.hexdigest()
         return summary, body, blobs
 
     @staticmethod
     def _read_file(
-        dir_fd: int, name: str, where: str, cancel: threading.Event
+        dir_fd: int,
+        name: str,
+        where: str,
+        cancel: threading.Event,
+        hasher: _codec.Hasher | None = None,
     ) -> bytearray:
         fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
         try:
-            return _fsutil.read_into(fd, where, cancel)
+            return _fsutil.read_into(fd, where, cancel, hasher)
         finally:
             os.close(fd)
 

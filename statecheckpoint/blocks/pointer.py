@@ -41,15 +41,16 @@ class CheckpointPointer(Block):
 
     Example:
         ```python
-        from statecheckpoint import CheckpointPointer
+        from statecheckpoint.blocks import CheckpointPointer
 
-        pointer = CheckpointPointer.read("my-run")
-        print(pointer.checkpoint_id if pointer else "no checkpoint yet")
+        pointer = CheckpointPointer.load("BLOCK_NAME")  # .read() gives None if absent
+        print(pointer.checkpoint_id, pointer.epoch, pointer.loss)
         ```
     """
 
     _block_type_name = "Checkpoint Pointer"
     _description = "The id of the last durable checkpoint of a training run."
+    _documentation_url = "https://pypi.org/project/statecheckpoint/"  # type: ignore[assignment]
 
     checkpoint_id: uuid.UUID | None = Field(
         default=None, description="Id of the last durable checkpoint."

@@ -103,6 +103,7 @@ class PostgresStore(CheckpointStore):
         from statecheckpoint import CheckpointManager, ModelCheckpoint
         from statecheckpoint.blocks import PostgresStore
 
+        store = PostgresStore.load("BLOCK_NAME")  # saved in Prefect, or in code:
         store = PostgresStore(
             host="db.example.internal",
             database="training",

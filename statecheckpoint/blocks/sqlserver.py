@@ -62,8 +62,10 @@ class SqlServerStore(CheckpointStore):
     Example:
         ```python
         from pydantic import SecretStr
-        from statecheckpoint import CheckpointManager, ModelCheckpoint, SqlServerStore
+        from statecheckpoint import CheckpointManager, ModelCheckpoint
+        from statecheckpoint.blocks import SqlServerStore
 
+        store = SqlServerStore.load("BLOCK_NAME")  # saved in Prefect, or in code:
         store = SqlServerStore(
             server="db.example.internal",
             database="training",
