@@ -150,6 +150,14 @@ def _check_tags(tags: dict[str, str]) -> None:
             raise InvalidInputError(f"tags.{key}: value {value!r} must be a str")
 
 
+def _check_type(record: object, expected: type) -> None:
+    if not isinstance(record, expected):
+        raise InvalidInputError(
+            f"expected {expected.__name__}, got {type(record).__name__}; "
+            "checkpoints go to CheckpointManager, sessions to SessionManager"
+        )
+
+
 def _views(record: Any, names: tuple[str, ...]) -> dict[str, memoryview]:
     return {name: as_byte_view(getattr(record, name), name) for name in names}
 
@@ -158,6 +166,7 @@ def encode_checkpoint(
     checkpoint: ModelCheckpoint, record_id: uuid.UUID
 ) -> EncodedRecord:
     """Freezes a checkpoint's metadata for storage; blobs are viewed, not copied."""
+    _check_type(checkpoint, ModelCheckpoint)
     _check_tags(checkpoint.tags)
     if checkpoint.hyperparameters is not None:
         _check_extras(checkpoint.hyperparameters)
@@ -187,6 +196,7 @@ def encode_checkpoint(
 
 def encode_session(session: InferenceSession, record_id: uuid.UUID) -> EncodedRecord:
     """Freezes a session's metadata for storage; the KV-cache is viewed, not copied."""
+    _check_type(session, InferenceSession)
     _check_tags(session.tags)
     created = datetime.now(UTC)
     body = session.model_dump(mode="python", include={"token_history", "sampling"})

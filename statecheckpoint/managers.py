@@ -121,12 +121,31 @@ def _detached(fn: Callable[[], Any], client: SyncClientContext) -> Any:
 _LIVE: weakref.WeakSet[_Manager[Any, Any]] = weakref.WeakSet()
 
 
+def _drain_at_exit() -> None:
+    """Waits for pending background saves when the main thread finishes.
+
+    It runs before the interpreter joins its threads and before thread pools
+    refuse new work, so saves a script queued without closing its manager still
+    complete (their failures are reported by :func:`_report_lost_saves`).
+    """
+    for manager in list(_LIVE):
+        with manager._lock:
+            manager._idle.wait_for(lambda m=manager: not m._pending)
+
+
+# Thread-shutdown hooks run in reverse order of registration, so this one runs
+# before concurrent.futures stops accepting work. The hook is private API; where
+# it is missing, saves still drain when the runner's worker thread is joined.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_drain_at_exit)
+
+
 @atexit.register
 def _report_lost_saves() -> None:
     """Says on stderr which background saves a process exits without.
 
-    Pending saves drain before this runs (the runner's worker thread is joined at
-    interpreter exit); what failed and was never raised by ``flush()`` is lost.
+    What failed and was never raised by ``flush()`` is lost.
     """
     for manager in list(_LIVE):
         with manager._lock:

@@ -47,6 +47,11 @@ def as_byte_view(value: Any, field: str = "blob") -> memoryview:
             f"{field}: expected bytes, bytearray, memoryview or a numpy array, "
             f"got {type(value).__name__}"
         ) from None
+    if "O" in view.format:
+        raise InvalidInputError(
+            f"{field}: an array of Python objects holds pointers, not data; "
+            "convert it to a numeric dtype"
+        )
     if not view.c_contiguous:
         raise InvalidInputError(
             f"{field}: the buffer is not C-contiguous; pass a contiguous copy "
@@ -78,6 +83,8 @@ class MergeRule(NamedTuple):
 class TokenizerData(BaseModel):
     """A complete tokenizer: vocabulary both ways, merge rules and special tokens."""
 
+    model_config = ConfigDict(extra="forbid")
+
     type: str = Field("ByteLevelBPE", description="Tokenizer family, free text.")
     token_to_id: dict[str, int] = Field(default_factory=dict)
     id_to_token: dict[int, str] = Field(default_factory=dict)
@@ -105,6 +112,8 @@ class HyperParameters(BaseModel):
 class SamplingConfig(BaseModel):
     """How tokens are drawn during generation; every field is optional."""
 
+    model_config = ConfigDict(extra="forbid")
+
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -114,7 +123,9 @@ class SamplingConfig(BaseModel):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
+    )
 
     id: uuid.UUID | None = Field(None, description="Set by the store on save.")
     created_at: datetime | None = Field(None, description="Set by the store on save.")
@@ -126,8 +137,8 @@ class ModelCheckpoint(_Record):
 
     epoch: int = 0
     loss: float | None = None
-    weights: Blob = b""
-    optimizer_state: Blob = b""
+    weights: Blob = Field(b"", repr=False)
+    optimizer_state: Blob = Field(b"", repr=False)
     tokenizer: TokenizerData | None = None
     hyperparameters: HyperParameters | None = None
 
@@ -135,7 +146,7 @@ class ModelCheckpoint(_Record):
 class InferenceSession(_Record):
     """A paused generation: KV-cache bytes, token history and sampling settings."""
 
-    kv_cache: Blob = b""
+    kv_cache: Blob = Field(b"", repr=False)
     token_history: list[int] = Field(default_factory=list)
     sampling: SamplingConfig | None = None
     model_fingerprint: str = ""

@@ -197,3 +197,32 @@ def test_ids_never_become_paths_outside_the_root(tmp_path):
     created = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*")}
 
     assert created == {"root"}
+
+
+def test_a_missing_blob_file_is_an_integrity_error_not_a_retry(tmp_path):
+    store = FileSystemStore(root=str(tmp_path))
+    checkpoint_id = store.save_checkpoint(ModelCheckpoint(weights=b"w"))
+    blob = tmp_path / "models" / str(checkpoint_id) / "weights.bin"
+    blob.unlink()
+
+    with pytest.raises(IntegrityError, match="weights.bin is missing"):
+        store.load_checkpoint(checkpoint_id)
+
+    assert [str(problem) for problem in store.verify()] == [
+        f"record {checkpoint_id}: {blob} is missing"
+    ]
+
+
+def test_verify_names_folders_whose_manifest_is_missing_or_damaged(tmp_path):
+    store = FileSystemStore(root=str(tmp_path))
+    damaged = store.save_checkpoint(ModelCheckpoint(weights=b"a"))
+    missing = store.save_session(InferenceSession(kv_cache=b"b"))
+    healthy = store.save_checkpoint(ModelCheckpoint(weights=b"c"))
+    (tmp_path / "models" / str(damaged) / "manifest.json").write_text("{broken")
+    (tmp_path / "sessions" / str(missing) / "meta.json").unlink()
+
+    problems = store.verify()
+
+    assert {problem.record_id for problem in problems} == {damaged, missing}
+    assert [info.id for info in store.list_checkpoints()] == [healthy]
+    assert store.verify(healthy) == []

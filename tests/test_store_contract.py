@@ -287,3 +287,31 @@ async def test_async_twins_round_trip(store):
     assert len(await store.alist_sessions()) == 1
     assert await store.adelete_checkpoint(checkpoint_id) is True
     assert await store.adelete_session(session_id) is True
+
+
+@pytest.mark.parametrize(
+    "tag", ["ab", "run=x", ("a", "b", "c"), {"run": "a"}, ("a", 1)]
+)
+def test_a_tag_filter_of_the_wrong_shape_is_refused(store, tag):
+    with pytest.raises(InvalidInputError, match="tag filter"):
+        store.list_checkpoints(tag)
+
+
+def test_records_refuse_unknown_fields_and_object_arrays():
+    np = pytest.importorskip("numpy")
+
+    with pytest.raises(ValueError, match="wieghts"):
+        ModelCheckpoint(wieghts=b"x")
+    with pytest.raises(ValueError, match="Python objects"):
+        ModelCheckpoint(weights=np.array([object()]))
+
+
+def test_a_record_of_the_other_domain_is_refused(store):
+    with pytest.raises(InvalidInputError, match="expected InferenceSession"):
+        store.save_session(ModelCheckpoint())
+
+
+def test_repr_leaves_blobs_out():
+    text = repr(InferenceSession(kv_cache=bytearray(1_000_000), token_history=[1]))
+
+    assert len(text) < 200 and "token_history=[1]" in text

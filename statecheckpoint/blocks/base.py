@@ -151,10 +151,12 @@ class CheckpointStore(Block, abc.ABC):
         return _codec.decode_record(summary, body_text, blobs)
 
     def _list(self, kind: Kind, tag: Tag | None) -> list[Any]:
-        if tag is not None:
-            key, value = tag
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise _invalid_tag(tag)
+        if tag is not None and not (
+            isinstance(tag, tuple | list)
+            and len(tag) == 2
+            and all(isinstance(part, str) for part in tag)
+        ):
+            raise _invalid_tag(tag)
         infos = []
         for text in self._list_summaries(kind, tag):
             info = _codec.summary_to_info(_codec.parse_summary(text))
@@ -190,7 +192,16 @@ class CheckpointStore(Block, abc.ABC):
                         self._load(kind, rid, verify=True)
                 except IntegrityError as exc:
                     problems.append(exc)
+            problems.extend(
+                problem
+                for problem in self._unreadable(kind)
+                if wanted is None or str(wanted) == str(problem.record_id)
+            )
         return problems
+
+    def _unreadable(self, kind: Kind) -> list[IntegrityError]:
+        """Records a backend holds but cannot list, for :meth:`verify`."""
+        return []
 
     # -- training checkpoints -------------------------------------------------
 

@@ -153,7 +153,10 @@ class FileSystemStore(CheckpointStore):
                 probe.write_bytes(b"ok")
                 probe.unlink()
             except OSError as exc:
-                return f"it is not writable ({exc.strerror})"
+                return (
+                    f"it is not writable ({exc.strerror}); to read or delete from "
+                    "it anyway, turn check_writable off"
+                )
         return None
 
     # -- primitives -----------------------------------------------------------
@@ -258,7 +261,14 @@ class FileSystemStore(CheckpointStore):
                 raise _fsutil.unavailable(exc, "read", folder) from exc
             try:
                 return self._read_from(dir_fd, kind, folder, cancel, digests)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if not _replaced(folder, dir_fd):
+                    missing = Path(exc.filename or "?").name
+                    raise IntegrityError(
+                        f"record {record_id}: {folder / missing} is missing",
+                        record_id=record_id,
+                        blob=str(folder / missing),
+                    ) from None
                 # An overwrite or delete replaced the folder while we read it.
                 logger.debug("%s changed while read (attempt %d)", folder, attempt + 1)
             finally:
@@ -296,7 +306,7 @@ class FileSystemStore(CheckpointStore):
             blobs[name] = self._read_file(
                 dir_fd, _BLOB_FILES[name], where, cancel, hasher
             )
-            if hasher is not None:
+            if digests is not None and hasher is not None:
                 digests[name] = hasher.hexdigest()
         return summary, body, blobs
 
@@ -315,7 +325,18 @@ class FileSystemStore(CheckpointStore):
             os.close(fd)
 
     def _list_summaries(self, kind: Kind, tag: Tag | None) -> list[Any]:
-        summaries = []
+        summaries, problems = self._scan(kind)
+        for problem in problems:
+            logger.warning("skipped a record that cannot be read: %s", problem)
+        return summaries
+
+    def _unreadable(self, kind: Kind) -> list[IntegrityError]:
+        return self._scan(kind)[1]
+
+    def _scan(self, kind: Kind) -> tuple[list[Any], list[IntegrityError]]:
+        """Reads every record folder's summary; folders without one are problems."""
+        summaries: list[Any] = []
+        problems: list[IntegrityError] = []
         area = self.active_root / kind
         try:
             folders = list(area.iterdir())
@@ -323,14 +344,30 @@ class FileSystemStore(CheckpointStore):
             raise _fsutil.unavailable(exc, "list", area) from exc
         for folder in folders:
             try:
-                uuid.UUID(folder.name)
-                raw = (folder / _MANIFEST[kind]).read_bytes()
-                summaries.append(json.loads(raw)["summary"])
+                record_id = uuid.UUID(folder.name)
+            except ValueError:
+                continue  # not ours
+            manifest = folder / _MANIFEST[kind]
+            try:
+                summaries.append(json.loads(manifest.read_bytes())["summary"])
             except FileNotFoundError:
-                continue  # deleted while we listed
-            except (ValueError, KeyError, TypeError):
-                logger.warning("skipped %s: not a readable record", folder)
-        return summaries
+                if folder.exists():
+                    problems.append(
+                        IntegrityError(
+                            f"record {record_id}: {manifest} is missing",
+                            record_id=record_id,
+                            blob=str(manifest),
+                        )
+                    )
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append(
+                    IntegrityError(
+                        f"record {record_id}: {manifest} cannot be parsed ({exc})",
+                        record_id=record_id,
+                        blob=str(manifest),
+                    )
+                )
+        return summaries, problems
 
     def _delete_record(self, kind: Kind, record_id: uuid.UUID) -> bool:
         root = self.active_root
@@ -346,4 +383,12 @@ class FileSystemStore(CheckpointStore):
             raise _fsutil.unavailable(exc, "delete", final) from exc
         _fsutil.fsync_dir(final.parent)
         shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+
+def _replaced(folder: Path, dir_fd: int) -> bool:
+    """Tells whether ``folder`` no longer names the directory open as ``dir_fd``."""
+    try:
+        return os.stat(folder).st_ino != os.fstat(dir_fd).st_ino
+    except FileNotFoundError:
         return True
