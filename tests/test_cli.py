@@ -293,3 +293,23 @@ def test_cli_demo_runs_the_demo_module():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m statecheckpoint.demo")
     assert "--small" in result.stdout
+
+
+def test_cli_escapes_tags_a_terminal_cannot_show(root):
+    store = FileSystemStore(root=str(root))
+    checkpoint_id = store.save_checkpoint(
+        ModelCheckpoint(weights=b"w", tags={"s": "\ud800", "a\x00b": "v"})
+    )
+
+    listed = subprocess.run(
+        [COMMAND, "list", "--root", str(root)], capture_output=True, text=True
+    )
+    shown = subprocess.run(
+        [COMMAND, "show", str(checkpoint_id), "--root", str(root)],
+        capture_output=True,
+        text=True,
+    )
+
+    assert listed.returncode == 0 and shown.returncode == 0, listed.stderr
+    for output in (listed.stdout, shown.stdout):
+        assert "a\\x00b=v" in output and "s=\\ud800" in output

@@ -68,8 +68,20 @@ def _loss(value: float | None) -> str:
     return repr(value) if not math.isfinite(value) else f"{value:.6g}"
 
 
+def printable(text: str) -> str:
+    """Escapes what a terminal cannot show (control characters, lone surrogates),
+    as Python would in a string literal; other text is left alone."""
+    return "".join(
+        char
+        if char.isprintable() and not 0xD800 <= ord(char) <= 0xDFFF
+        else char.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for char in text
+    )
+
+
 def _tags(tags: dict[str, str]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in sorted(tags.items())) or "-"
+    pairs = sorted(tags.items())
+    return ", ".join(f"{printable(k)}={printable(v)}" for k, v in pairs) or "-"
 
 
 def _size(info: CheckpointInfo | SessionInfo) -> str:
@@ -101,7 +113,7 @@ def session_table(infos: Sequence[SessionInfo], title: str) -> Table:
     for info in infos:
         table.add_row(
             str(info.id),
-            info.model_fingerprint or "-",
+            printable(info.model_fingerprint) or "-",
             str(info.num_tokens),
             _size(info),
             _tags(info.tags),
@@ -133,7 +145,7 @@ def info_rows(info: CheckpointInfo | SessionInfo) -> list[tuple[str, str]]:
         rows = [
             ("kind", "inference session"),
             ("id", str(info.id)),
-            ("model", info.model_fingerprint or "-"),
+            ("model", printable(info.model_fingerprint) or "-"),
             ("tokens", str(info.num_tokens)),
         ]
     rows.append(("created (UTC)", info.created_at.isoformat()))
