@@ -7,6 +7,8 @@ the difference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "StateCheckpointError",
     "InvalidInputError",
@@ -59,13 +61,13 @@ class BackgroundSaveError(StateCheckpointError):
         failures: ``(id, exception)`` pairs, one per failed save.
     """
 
-    def __init__(self, failures: list[tuple[object, BaseException]]):
+    def __init__(self, failures: Sequence[tuple[object, BaseException]]):
         ids = ", ".join(str(record_id) for record_id, _ in failures)
         first = failures[0][1] if failures else None
         super().__init__(
             f"{len(failures)} background save(s) failed: {ids}; first error: {first!r}"
         )
-        self.failures = failures
+        self.failures = list(failures)
 
 
 class FingerprintMismatchError(StateCheckpointError):

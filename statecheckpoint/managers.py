@@ -29,7 +29,6 @@ from functools import partial
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
-from prefect import Task
 from prefect.context import (
     AsyncClientContext,
     FlowRunContext,
@@ -110,15 +109,20 @@ def _detached(fn: Callable[[], Any], client: SyncClientContext) -> Any:
 
     def run() -> Any:
         for model in (FlowRunContext, TaskRunContext):
-            model.__var__.set(None)
+            model.__var__.set(None)  # type: ignore[arg-type]
         SyncClientContext.__var__.set(client)
-        AsyncClientContext.__var__.set(None)
+        AsyncClientContext.__var__.set(None)  # type: ignore[arg-type]
         return fn()
 
     return contextvars.copy_context().run(run)
 
 
+_List = list  # the methods named ``list`` shadow the builtin inside the classes
 _LIVE: weakref.WeakSet[_Manager[Any, Any]] = weakref.WeakSet()
+
+
+def _nothing_pending(manager: _Manager[Any, Any]) -> bool:
+    return not manager._pending
 
 
 def _drain_at_exit() -> None:
@@ -130,7 +134,7 @@ def _drain_at_exit() -> None:
     """
     for manager in list(_LIVE):
         with manager._lock:
-            manager._idle.wait_for(lambda m=manager: not m._pending)
+            manager._idle.wait_for(partial(_nothing_pending, manager))
 
 
 # Thread-shutdown hooks run in reverse order of registration, so this one runs
@@ -161,9 +165,9 @@ class _Manager(Generic[R, InfoT]):
     """What both managers share; the subclasses bind the domain's tasks."""
 
     _kind: _codec.Kind
-    _load_task: Task[..., Any]
-    _list_task: Task[..., Any]
-    _delete_task: Task[..., Any]
+    _load_task: Callable[..., Any]
+    _list_task: Callable[..., Any]
+    _delete_task: Callable[..., Any]
 
     def __init__(
         self,
@@ -219,7 +223,7 @@ class _Manager(Generic[R, InfoT]):
         )
         return result
 
-    def list(self, tag: Tag | None = None) -> list[InfoT]:
+    def list(self, tag: Tag | None = None) -> _List[InfoT]:
         """Lists records, newest first, optionally those with one tag value.
 
         Args:
@@ -247,7 +251,7 @@ class _Manager(Generic[R, InfoT]):
             partial(self.load, record_id, verify=verify)
         )
 
-    async def alist(self, tag: Tag | None = None) -> list[InfoT]:
+    async def alist(self, tag: Tag | None = None) -> _List[InfoT]:
         """Async twin of :meth:`list`."""
         return await anyio.to_thread.run_sync(self.list, tag)
 
@@ -320,7 +324,7 @@ class _Manager(Generic[R, InfoT]):
         self,
         record_id: uuid.UUID,
         future: PrefectFuture[Any],
-        copies: list[Any] | None = None,
+        copies: _List[Any] | None = None,
     ) -> None:
         error: BaseException | None = None
         try:
