@@ -55,6 +55,7 @@ test: system-deps $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy statecheckpoint
 
 bench: $(STAMP)
 	$(PY) -m benchmarks filesystem --size-mb 1024
