@@ -23,6 +23,9 @@ POSTGRES_URL = os.environ.get(
     "STATECHECKPOINT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 _PREFIX = "statecheckpoint_test_"
+# A live session's database loses its connection while a test restarts the
+# server, so only a database older than any test session counts as abandoned.
+_ABANDONED_AFTER_S = 6 * 3600
 
 
 def _unavailable(reason: str) -> None:
@@ -106,7 +109,8 @@ def postgres_database() -> Iterator[PostgresDatabase]:
 
 def _drop_abandoned(admin: Any) -> None:
     """Drops test databases that nobody is connected to and that are older than
-    a minute (a live session keeps a connection open from the start)."""
+    any test session runs (a live session keeps a connection open, except while
+    a test restarts the server)."""
     import psycopg
     from psycopg import sql
 
@@ -117,7 +121,7 @@ def _drop_abandoned(admin: Any) -> None:
     ).fetchall()
     for (name,) in rows:
         stamp = name[len(_PREFIX) :].split("_")[0]
-        if not stamp.isdigit() or time.time() - int(stamp) < 60:
+        if not stamp.isdigit() or time.time() - int(stamp) < _ABANDONED_AFTER_S:
             continue
         # Without FORCE: a session that connects meanwhile makes the drop fail.
         with contextlib.suppress(psycopg.Error):
