@@ -3,7 +3,8 @@ binding, connection strings, the real driver errors of unixODBC and FreeTDS, and
 whole contract suite over an in-memory stand-in for pyodbc (tests/plugins).
 
 The contract suite runs against a real server only when
-``STATECHECKPOINT_SQLSERVER_URL`` names one; see docs/sqlserver.md.
+``STATECHECKPOINT_SQLSERVER_URL`` names one; see the README section
+"The SQL Server store".
 """
 
 from __future__ import annotations
@@ -535,7 +536,7 @@ def test_contract_suite_ran_against_a_real_sql_server(request):
     if not SQLSERVER_URL:
         pytest.skip(
             "SQL Server contract suite not run: STATECHECKPOINT_SQLSERVER_URL is not "
-            "set (see docs/sqlserver.md)"
+            'set (see the README section "The SQL Server store")'
         )
     store = request.getfixturevalue("sqlserver_store")
     weights = bytes(range(256)) * 400  # past FreeTDS's default TEXTSIZE
