@@ -82,12 +82,18 @@ def _measure(run: Any, undo: Any, before: Any = None) -> tuple[float, float, Any
     The first run pays what any process pays once: first calls, and memory the
     virtual machine's host has taken back (a balloon's free-page reporting makes
     first touches of fresh memory cost several times a copy here). Baselines and
-    ours are measured alike.
+    ours are measured alike. The memory peak covers both runs.
     """
-    undo(run())
-    if before is not None:
-        before()
-    return _timed(run)
+    os.sync()
+    with MemoryProbe() as probe:
+        undo(run())
+        if before is not None:
+            before()
+        os.sync()
+        start = time.perf_counter()
+        result = run()
+        seconds = time.perf_counter() - start
+    return seconds, probe.growth_mib, result
 
 
 def _remove(path: Path) -> None:
@@ -244,7 +250,7 @@ def _drop(_: Any) -> None:
 
 
 def _evict(p: dict[str, Any]) -> str:
-    from benchmarks.filesystem import evict
+    from benchmarks._cache import evict
 
     return evict(p["files"], p["drop_caches"])
 
@@ -358,16 +364,33 @@ def work_arrays() -> tuple[Any, Any]:
     )
 
 
-def step_seconds(p: dict[str, Any]) -> dict[str, Any]:
-    """Calibrates one training step: the median of ``steps`` timed steps."""
+def calibrate(p: dict[str, Any]) -> dict[str, Any]:
+    """Times one training step, and a sync save of the state through a manager.
+
+    Returns the median of ``steps`` timed steps and of two timed saves (after
+    an untimed one), which is what a checkpoint costs the loop in sync mode.
+    """
     state = make_state(p["weights_mib"], p["optimizer_mib"])
     work, scratch = work_arrays()
-    times = []
+    steps = []
     for step in range(p["steps"]):
         start = time.perf_counter()
         train_step(step, work, scratch, state)
-        times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times[2:] or times)}
+        steps.append(time.perf_counter() - start)
+    manager = _manager(p["root"], background=False)
+    saves = []
+    for epoch in range(3):
+        start = time.perf_counter()
+        manager.save(_checkpoint(*state, epoch=epoch))
+        saves.append(time.perf_counter() - start)
+    for info in manager.list():
+        manager.delete(info.id)
+    manager.close()
+    os.sync()
+    return {
+        "step_seconds": statistics.median(steps[2:] or steps),
+        "save_seconds": statistics.median(saves[1:]),
+    }
 
 
 def train(p: dict[str, Any]) -> dict[str, Any]:
@@ -437,7 +460,7 @@ SCENARIOS = {
     "load_ours": load_ours,
     "copy_state": copy_state,
     "background_save": background_save,
-    "step_seconds": step_seconds,
+    "calibrate": calibrate,
     "train": train,
     "prefect_overhead": prefect_overhead,
 }

@@ -7,61 +7,54 @@ Usage::
 On the same bytes (N MiB of weights and 2N MiB of optimizer state, float32) it
 measures:
 
-1. a save against the disk's limit: the same bytes written to one file in
-   64 MiB blocks, then fsync;
+1. a save (``FileSystemStore.save_checkpoint``) against the limit: the same
+   bytes written to one file in 64 MiB blocks, then fsync; and, for
+   information, the same with ``O_DIRECT`` from an aligned buffer;
 2. the same save against ``safetensors.numpy.save_file`` and, when torch is
    installed, ``torch.save`` of equal tensors, each followed by fsync;
 3. a cold load against reading the same files with 64 MiB reads into fresh
    numpy buffers, and a load with checksum verification on. The page cache is
-   dropped through ``/proc/sys/vm/drop_caches`` where allowed, else the files
-   are evicted with ``posix_fadvise(DONTNEED)``; residency is checked with
+   dropped through ``/proc/sys/vm/drop_caches`` where allowed (or, with
+   ``--evict fadvise``, only the files are evicted); residency is checked with
    ``mincore`` and the line says "warm" when the files stayed cached;
 4. how long a background ``save()`` blocks the caller: for the numpy state
-   against one ``numpy.copy`` of it, and for immutable ``bytes`` in ms;
-5. a training loop of fixed steps checkpointing every K steps: its wall-time
-   overhead over the same loop without checkpoints, in sync and background
-   mode. K is chosen from the measured save time so that sync checkpoints
-   cost about ``--sync-share`` of the loop, the regime the target is set in;
+   against one ``numpy.copy`` of it, and for immutable ``bytes`` in ms (at
+   1 MiB and at the full size);
+5. a training loop of fixed steps (single-threaded matrix products) that
+   checkpoints every K steps: its wall-time overhead over the same loop
+   without checkpoints, in sync and background mode. K is chosen from a
+   measured sync save so that sync checkpoints cost about ``--sync-share`` of
+   the loop, the regime the target is set in;
 6. Prefect's overhead per save: a small save through the Prefect task (a sync
    ``CheckpointManager``) against the store called directly;
 7. the peak resident memory of each, as growth over the process's baseline.
 
-Every timed operation runs in a fresh process (``benchmarks._fs_worker``), in
-rotating order each round; the best round of each side counts. Prints a table,
-then one JSON object per comparison per line (see ``benchmarks._common``), and
-writes a PNG of save and load throughput against the limits plus the raw
-numbers to ``--results``. Exits with 0 when every target is met, 1 otherwise.
+Every timed operation runs in a fresh process (``benchmarks._fs_worker``) that
+first runs it once untimed, in rotating order each round; the best round of
+each side counts, the highest memory. Managers save once before they are timed:
+a job's first background save also allocates the snapshot buffer that later
+ones reuse (reported as ``first_save_blocked_s``). Prints a table, then one JSON
+object per comparison per line (see ``benchmarks._common``), and writes a PNG of
+save and load throughput against the limits plus the raw numbers to
+``--results``. Exits with 0 when every target is met, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib.util
 import json
-import mmap
 import os
-import platform
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    GB,
-    MIB,
-    Comparison,
-    bounded,
-    faster,
-    format_markdown,
-    report,
-    run_worker,
-    throughput_plot,
-)
+from benchmarks._common import format_markdown, report, run_worker
+from benchmarks._fs_report import compare, machine, plot
 
 WORKER = "benchmarks._fs_worker"
 ONE_THREAD = {
@@ -151,7 +144,7 @@ class _Run:
                 rounds=self.args.prefect_rounds,
                 size_kib=64,
             )
-            raw["train"] = self.training(min(raw["save"]["ours"]["seconds"]))
+            raw["train"] = self.training()
         return raw
 
     def saves(self) -> tuple[dict[str, Any], str]:
@@ -238,17 +231,20 @@ class _Run:
             _say(f"background bytes {label}: blocked {result['blocked'] * 1e3:.1f} ms")
         return found
 
-    def training(self, save_seconds: float) -> dict[str, Any]:
+    def training(self) -> dict[str, Any]:
         # One BLAS thread: the loop keeps one core busy, as a training step that
         # leaves a core to the background save (see _fs_worker.train_step).
         self.env = {**self.env, **ONE_THREAD}
-        step = self.worker("step_seconds", steps=40, **self.state)["seconds"]
+        found = self.worker("calibrate", root=self.root, steps=40, **self.state)
+        step, save_seconds = found["step_seconds"], found["save_seconds"]
         saves, share = self.args.checkpoints, self.args.sync_share
         interval = saves * save_seconds / ((saves + 1) * share)
         every = max(1, round(interval / step))
-        found: dict[str, Any] = {"step_seconds": step, "every": every}
-        found["checkpoints"] = saves
-        _say(f"training: {step * 1e3:.1f} ms a step, a checkpoint every {every}")
+        found.update(every=every, checkpoints=saves)
+        _say(
+            f"training: {step * 1e3:.1f} ms a step, a sync save {save_seconds:.2f} s,"
+            f" a checkpoint every {every} steps"
+        )
         for mode in ("none", "sync", "background"):
             result = self.worker(
                 "train",
@@ -294,299 +290,3 @@ def _prefect_api(url: str | None) -> Iterator[dict[str, str]]:
     _say("starting a local Prefect server")
     with prefect_test_harness(server_startup_timeout=180):
         yield {**env, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-
-
-# -- page cache -----------------------------------------------------------------
-
-
-def evict(paths: list[str], drop_caches: bool = True) -> str:
-    """Drops the files from the page cache; says how ("warm" when it could not).
-
-    With ``drop_caches`` the whole page cache is dropped where the machine
-    allows it; otherwise, or where it does not, only these files are evicted.
-    """
-    os.sync()
-    how = "cold (drop_caches)"
-    try:
-        if not drop_caches:
-            raise PermissionError("not asked to")
-        with open("/proc/sys/vm/drop_caches", "w") as control:
-            control.write("1")
-    except OSError:
-        how = "cold (posix_fadvise DONTNEED)"
-        for path in paths:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-    cached = max((resident_fraction(path) for path in paths), default=0.0)
-    return how if cached < 0.05 else "warm"
-
-
-def resident_fraction(path: str) -> float:
-    """Returns the fraction of a file's pages in the page cache (``mincore``)."""
-    size = os.path.getsize(path)
-    if size == 0:
-        return 0.0
-    libc = ctypes.CDLL(None, use_errno=True)
-    pages = -(-size // mmap.PAGESIZE)
-    vector = (ctypes.c_ubyte * pages)()
-    with (
-        open(path, "rb") as file,
-        mmap.mmap(file.fileno(), size, mmap.MAP_PRIVATE) as m,
-    ):
-        anchor = ctypes.c_char.from_buffer(m)
-        failed = libc.mincore(
-            ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size), vector
-        )
-        del anchor
-    if failed:
-        return 1.0
-    return sum(bytes(vector)) / pages
-
-
-# -- results --------------------------------------------------------------------
-
-
-def _best(found: dict[str, Any], side: str, key: str = "seconds") -> float:
-    return float(min(found[side][key]))
-
-
-def _peak(found: dict[str, Any], side: str) -> float:
-    return float(max(found[side]["peak_mib"]))
-
-
-def compare(raw: dict[str, Any], args: argparse.Namespace) -> list[Comparison]:
-    """Turns the raw measurements into the comparisons and their targets."""
-    size_mib = 3 * args.size_mb
-    gbps = size_mib * MIB / GB
-    save, load, bg = raw["save"], raw["load"], raw["background"]
-    rounds = {"rounds": args.rounds, "size_mib": size_mib}
-    ours = _best(save, "ours")
-
-    def rates(value: float, baseline: float) -> dict[str, float]:
-        return {"value_gbps": gbps / value, "baseline_gbps": gbps / baseline}
-
-    items = [
-        faster(
-            "save_vs_fsync_write_limit",
-            ours,
-            _best(save, "limit"),
-            "write + fsync, 64 MiB blocks",
-            0.9,
-            **rates(ours, _best(save, "limit")),
-            **rounds,
-        ),
-        faster(
-            "save_vs_safetensors",
-            ours,
-            _best(save, "safetensors"),
-            "safetensors save_file + fsync",
-            1.0,
-            **rates(ours, _best(save, "safetensors")),
-            **rounds,
-        ),
-    ]
-    if "direct" in save:
-        items.append(
-            faster(
-                "save_vs_direct_io_write",
-                ours,
-                _best(save, "direct"),
-                "O_DIRECT write + fsync, 64 MiB blocks",
-                None,
-                **rates(ours, _best(save, "direct")),
-                **rounds,
-            )
-        )
-    if "torch" in save:
-        items.append(
-            faster(
-                "save_vs_torch_save",
-                ours,
-                _best(save, "torch"),
-                "torch.save + fsync",
-                None,
-                **rates(ours, _best(save, "torch")),
-                **rounds,
-            )
-        )
-    raw_read = _best(load, "raw")
-    for name, side, least in (
-        ("load_vs_raw_read", "ours", 0.9),
-        ("load_verified_vs_raw_read", "verified", 0.8),
-    ):
-        items.append(
-            faster(
-                name,
-                _best(load, side),
-                raw_read,
-                "64 MiB reads into numpy",
-                least,
-                cache=load["cache"],
-                **rates(_best(load, side), raw_read),
-                **rounds,
-            )
-        )
-
-    copy = _best(bg, "copy")
-    blocked = _best(bg, "mutable", "blocked")
-    items.append(
-        bounded(
-            "background_save_blocking_vs_numpy_copy",
-            blocked,
-            "s",
-            most=1.25 * copy,
-            target="value <= 1.25 x baseline",
-            baseline=copy,
-            baseline_name="numpy.copy of the state",
-            first_save_blocked_s=min(bg["mutable"]["first_blocked"]),
-            **rounds,
-        )
-    )
-    by_size = {label: r["blocked"] * 1e3 for label, r in bg["bytes"].items()}
-    items.append(
-        bounded(
-            "background_save_blocking_bytes",
-            max(by_size.values()),
-            "ms",
-            most=50,
-            target="value <= 50 ms at any size",
-            baseline=copy * 1e3,
-            baseline_name="numpy.copy of the full state",
-            blocked_ms_by_size=by_size,
-        )
-    )
-    items += _training(raw["train"])
-    items.append(_prefect(raw["prefect"]))
-    items += [
-        bounded(
-            "peak_memory_sync_save",
-            _peak(save, "ours"),
-            "MiB",
-            most=64,
-            baseline=_peak(save, "safetensors"),
-            baseline_name="safetensors save",
-            limit_write_mib=_peak(save, "limit"),
-        ),
-        bounded(
-            "peak_memory_background_save_mutable",
-            _peak(bg, "mutable"),
-            "MiB",
-            most=1.1 * size_mib,
-            target=f"value <= 1.1 x state size ({1.1 * size_mib:.0f} MiB)",
-            baseline=_peak(bg, "copy"),
-            baseline_name="numpy.copy of the state",
-        ),
-        bounded(
-            "peak_memory_load",
-            max(_peak(load, "ours"), _peak(load, "verified")),
-            "MiB",
-            most=1.1 * size_mib,
-            target=f"value <= 1.1 x checkpoint size ({1.1 * size_mib:.0f} MiB)",
-            baseline=_peak(load, "raw"),
-            baseline_name="raw read",
-        ),
-    ]
-    return items
-
-
-def _training(train: dict[str, Any]) -> list[Comparison]:
-    plain = train["none"]["seconds"]
-    sync = 100 * (train["sync"]["seconds"] - plain) / plain
-    background = 100 * (train["background"]["seconds"] - plain) / plain
-    loop = {
-        "loop_seconds": plain,
-        "every_steps": train["every"],
-        "checkpoints": train["checkpoints"],
-        "step_ms": train["step_seconds"] * 1e3,
-    }
-    return [
-        bounded(
-            "training_overhead_sync",
-            sync,
-            "%",
-            least=30,
-            target="value >= 30 % (the regime of the background target)",
-            **loop,
-        ),
-        Comparison(
-            "training_overhead_background",
-            background,
-            "%",
-            sync,
-            "sync mode",
-            sync / background if background > 0 else None,
-            "value <= 3.5 % where sync >= 30 %",
-            background <= 3.5 and sync >= 30,
-            {**loop, "blocked_s": train["background"]["blocked"]},
-        ),
-    ]
-
-
-def _prefect(found: dict[str, Any]) -> Comparison:
-    direct = statistics.median(found["direct"])
-    task = statistics.median(found["task"])
-    return Comparison(
-        "prefect_task_overhead_per_save",
-        (task - direct) * 1e3,
-        "ms",
-        direct * 1e3,
-        "store called directly",
-        direct / task,
-        "value <= 100 ms",
-        (task - direct) * 1e3 <= 100,
-        {"task_ms": task * 1e3, "saves": len(found["task"]), "blob_kib": 2 * 64},
-    )
-
-
-def plot(raw: dict[str, Any], path: Path) -> Path:
-    """Draws save and load throughput against the write limit and the raw read."""
-    gbps = 3 * raw["size_mb"] * MIB / GB
-    save, load = raw["save"], raw["load"]
-    names = {"ours": "statecheckpoint", "safetensors": "safetensors", "torch": "torch"}
-    saves = [
-        (label, gbps / _best(save, side))
-        for side, label in names.items()
-        if side in save
-    ]
-    loads = [
-        ("statecheckpoint", gbps / _best(load, "ours")),
-        ("statecheckpoint\n(verified)", gbps / _best(load, "verified")),
-    ]
-    return throughput_plot(
-        {
-            "save (fsync)": saves,
-            f"load ({load['cache']})": loads,
-        },
-        {
-            "save (fsync)": [
-                ("write + fsync", gbps / _best(save, "limit")),
-                *(
-                    [("O_DIRECT write + fsync", gbps / _best(save, "direct"))]
-                    if "direct" in save
-                    else []
-                ),
-            ],
-            f"load ({load['cache']})": [("raw read", gbps / _best(load, "raw"))],
-        },
-        path,
-        f"FileSystemStore, {raw['size_mb']} MiB weights + "
-        f"{2 * raw['size_mb']} MiB optimizer state",
-    )
-
-
-def machine() -> str:
-    """Describes the machine: CPU, cores, memory, kernel, file system."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, "
-        f"Linux {platform.release()}, Python {platform.python_version()}"
-    )

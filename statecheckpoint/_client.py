@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect.context import SyncClientContext
-
-T = TypeVar("T")
 
 
 class SharedClient:
@@ -34,7 +32,7 @@ class SharedClient:
                 self._context = contextvars.copy_context().run(_open)
             return self._context
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Calls ``fn(*args)`` with the shared client in context.
 
         A client already in context (a flow run's) is left in place.

@@ -14,6 +14,7 @@ do not reproduce the package's digest, :func:`new` falls back to the package.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import weakref
 from typing import Any
 
@@ -27,9 +28,9 @@ class _Hash128(ctypes.Structure):
 def _bind() -> Any:
     try:
         import numpy  # noqa: F401 - needed for buffer addresses
-        from xxhash import _xxhash
 
-        lib = ctypes.CDLL(_xxhash.__file__)
+        extension = importlib.import_module("xxhash._xxhash")
+        lib = ctypes.CDLL(extension.__file__)
         lib.XXH3_createState.restype = ctypes.c_void_p
         lib.XXH3_freeState.argtypes = [ctypes.c_void_p]
         lib.XXH3_128bits_reset.argtypes = [ctypes.c_void_p]

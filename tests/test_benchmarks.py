@@ -12,7 +12,7 @@ import json
 import pytest
 
 from benchmarks import __main__ as dispatch
-from benchmarks import filesystem
+from benchmarks import _cache, filesystem
 from benchmarks._common import MIB, Comparison, MemoryProbe, bounded, faster, report
 
 FIELDS = {"name", "value", "baseline", "ratio", "target", "met"}
@@ -91,11 +91,11 @@ def test_evict_makes_a_file_cold_or_says_warm(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(b"x" * (4 * MIB))
 
-    mode = filesystem.evict([str(path)], drop_caches=False)
+    mode = _cache.evict([str(path)], drop_caches=False)
 
     assert mode in {"cold (posix_fadvise DONTNEED)", "warm"}
     if mode != "warm":
-        assert filesystem.resident_fraction(str(path)) < 0.05
+        assert _cache.resident_fraction(str(path)) < 0.05
 
 
 @pytest.mark.slow

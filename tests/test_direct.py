@@ -16,7 +16,7 @@ from statecheckpoint._codec import checksum, encode_checkpoint, new_hasher
 from statecheckpoint.blocks import _direct, _fsutil
 from statecheckpoint.managers import snapshot
 
-SIZE = _direct.MIN_SIZE + 12_345  # past the threshold, with an unaligned tail
+SIZE = 2 * _direct.ALIGNED_CHUNK + 12_345  # several chunks, an unaligned tail
 
 
 def _payload(size: int = SIZE) -> np.ndarray:
