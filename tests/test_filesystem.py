@@ -226,3 +226,8 @@ def test_verify_names_folders_whose_manifest_is_missing_or_damaged(tmp_path):
     assert {problem.record_id for problem in problems} == {damaged, missing}
     assert [info.id for info in store.list_checkpoints()] == [healthy]
     assert store.verify(healthy) == []
+
+
+def test_an_empty_root_is_refused():
+    with pytest.raises(ValueError, match="root"):
+        FileSystemStore(root="")

@@ -64,6 +64,7 @@ class FileSystemStore(CheckpointStore):
 
     root: str = Field(
         default="./checkpoints",
+        min_length=1,
         description="Folder that holds models/ and sessions/.",
     )
     fallback_root: str | None = Field(
