@@ -90,9 +90,18 @@ class CheckpointStore(Block, abc.ABC):
 
     @abc.abstractmethod
     def _read_record(
-        self, kind: Kind, record_id: uuid.UUID, cancel: threading.Event
+        self,
+        kind: Kind,
+        record_id: uuid.UUID,
+        cancel: threading.Event,
+        digests: dict[str, str] | None = None,
     ) -> StoredRecord | None:
-        """Returns the stored parts of one record, or None when it does not exist."""
+        """Returns the stored parts of one record, or None when it does not exist.
+
+        Given a dict, a backend that hashes blobs while it reads them may fill it
+        with their checksums, which verification then uses instead of a second
+        pass; a backend that does not leaves it empty.
+        """
 
     @abc.abstractmethod
     def _list_summaries(self, kind: Kind, tag: Tag | None) -> list[str]:
@@ -138,14 +147,15 @@ class CheckpointStore(Block, abc.ABC):
         cancel: threading.Event | None = None,
     ) -> Any:
         rid = _codec.coerce_id(record_id)
-        stored = self._read_record(kind, rid, cancel or threading.Event())
+        digests: dict[str, str] | None = {} if verify else None
+        stored = self._read_record(kind, rid, cancel or threading.Event(), digests)
         if stored is None:
             return None
         summary_text, body_text, blobs = stored
         summary = _codec.parse_summary(summary_text, rid)
         if verify:
             _codec.verify_blobs(
-                summary, blobs, rid, partial(self._blob_location, kind, rid)
+                summary, blobs, rid, partial(self._blob_location, kind, rid), digests
             )
         logger.debug("loaded %s/%s", kind, rid)
         return _codec.decode_record(summary, body_text, blobs)

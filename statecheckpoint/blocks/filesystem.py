@@ -20,7 +20,6 @@ import os
 import shutil
 import threading
 import uuid
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -215,43 +214,14 @@ class FileSystemStore(CheckpointStore):
         except OSError as exc:
             raise _fsutil.unavailable(exc, "save to", final) from exc
 
-    def _load(
-        self,
-        kind: Kind,
-        record_id: object,
-        verify: bool,
-        cancel: threading.Event | None = None,
-    ) -> Any:
-        # As the base class does, but a verified load hashes each chunk as it is
-        # read instead of passing over the blobs a second time.
-        if not verify:
-            return super()._load(kind, record_id, verify, cancel)
-        rid = _codec.coerce_id(record_id)
-        digests: dict[str, str] = {}
-        stored = self._read_parts(kind, rid, cancel or threading.Event(), digests)
-        if stored is None:
-            return None
-        summary_text, body_text, blobs = stored
-        summary = _codec.parse_summary(summary_text, rid)
-        _codec.verify_blobs(
-            summary, blobs, rid, partial(self._blob_location, kind, rid), digests
-        )
-        _base.logger.debug("loaded %s/%s", kind, rid)
-        return _codec.decode_record(summary, body_text, blobs)
-
     def _read_record(
-        self, kind: Kind, record_id: uuid.UUID, cancel: threading.Event
-    ) -> StoredRecord | None:
-        return self._read_parts(kind, record_id, cancel, None)
-
-    def _read_parts(
         self,
         kind: Kind,
         record_id: uuid.UUID,
         cancel: threading.Event,
-        digests: dict[str, str] | None,
+        digests: dict[str, str] | None = None,
     ) -> StoredRecord | None:
-        """Reads a record; given a dict, fills it with each blob's checksum."""
+        # Given a dict, each blob is hashed chunk by chunk as it is read.
         folder = self._folder(kind, record_id)
         for attempt in range(_READ_ATTEMPTS):
             try:

@@ -431,7 +431,11 @@ class PostgresStore(CheckpointStore):
         )
 
     def _read_record(
-        self, kind: Kind, record_id: uuid.UUID, cancel: threading.Event
+        self,
+        kind: Kind,
+        record_id: uuid.UUID,
+        cancel: threading.Event,
+        digests: dict[str, str] | None = None,
     ) -> StoredRecord | None:
         sql = self._sql
         action = f"load {kind}/{record_id}"

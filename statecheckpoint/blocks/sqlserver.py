@@ -383,7 +383,11 @@ class SqlServerStore(CheckpointStore):
             logger.debug("replaced %s/%s", kind, rid)
 
     def _read_record(
-        self, kind: Kind, record_id: uuid.UUID, cancel: threading.Event
+        self,
+        kind: Kind,
+        record_id: uuid.UUID,
+        cancel: threading.Event,
+        digests: dict[str, str] | None = None,
     ) -> StoredRecord | None:
         sql = self._sql
         # REPEATABLE READ holds the row's shared lock until the chunks are read, so
