@@ -27,6 +27,7 @@ from statecheckpoint import (
     ModelCheckpoint,
     TokenizerData,
 )
+from tests.helpers import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 KILL_TRIALS = int(os.environ.get("STATECHECKPOINT_KILL_TRIALS", "50"))
@@ -135,10 +136,7 @@ def test_permission_denied_root_uses_the_fallback(tmp_path):
     a process without the override capability, as a non-root user would be. The
     fallback is used when set, else start-up fails clearly."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        reason = "needs root and setpriv to drop the DAC override capability"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail("needs root and setpriv to drop the DAC override capability")
     root = tmp_path / "owned-by-nobody"
     root.mkdir(mode=0o755)
     os.chown(root, 65534, 65534)
@@ -250,7 +248,7 @@ def test_postgres_restarted_during_a_save_the_retry_succeeds(postgres_database):
     from statecheckpoint.tasks import save_checkpoint
 
     if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
-        _unavailable_here("pg_ctlcluster is needed to restart the local server")
+        skip_or_fail("pg_ctlcluster is needed to restart the local server")
     store = postgres_database.store()
     store.ensure_schema()
     payload = os.urandom(1 << 20) * 300
@@ -304,12 +302,6 @@ def test_postgres_restarted_during_a_save_the_retry_succeeds(postgres_database):
         ).fetchone()[0]
     assert rows == [(saved,)]
     assert stray == 0
-
-
-def _unavailable_here(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from prefect.client.schemas.actions import BlockDocumentCreate
 
 from statecheckpoint import FileSystemStore, ModelCheckpoint
 from tests._prefect_server import BLOCKS, chromium_path, running_server
+from tests.helpers import skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +45,7 @@ CHROMIUM_ARGS = [
 
 
 def _missing(what: str, fix: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing in CI: {fix}")
-    pytest.skip(f"{what} is missing: {fix}")
+    skip_or_fail(f"{what} is missing: {fix}")
 
 
 @pytest.fixture(scope="module")

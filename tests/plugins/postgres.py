@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import skip_or_fail
+
 POSTGRES_URL = os.environ.get(
     "STATECHECKPOINT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -28,10 +30,7 @@ _PREFIX = "statecheckpoint_test_"
 _ABANDONED_AFTER_S = 6 * 3600
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so PostgreSQL tests must run)")
-    pytest.skip(reason)
+_unavailable = skip_or_fail
 
 
 @dataclass
