@@ -21,16 +21,24 @@ measures:
    against one ``numpy.copy`` of it, and for immutable ``bytes`` in ms (at
    1 MiB and at the full size);
 5. a training loop of fixed steps (single-threaded matrix products) that
-   checkpoints every K steps: its wall-time overhead over the same loop
-   without checkpoints, in sync and background mode. K is chosen from a
-   measured sync save so that sync checkpoints cost about ``--sync-share`` of
-   the loop, the regime the target is set in;
+   checkpoints every K steps: its wall-time overhead over the same steps
+   without checkpoints, in sync and background mode. One loop per mode runs
+   intervals of K steps that start with a checkpoint (``--pairs`` in
+   background mode, ``--sync-pairs`` in sync mode), alternating with as many
+   intervals without one (plain, checkpointed, checkpointed, plain, ...), so
+   that the machine's drift cancels; a background save still running at the
+   end of its interval is waited for inside it. The line gives the standard
+   error of the mean difference too, and ``blocked_pct``: the part of the
+   overhead that is ``save()`` blocking for the snapshot copy. K is chosen
+   from a measured sync save so that sync checkpoints cost about
+   ``--sync-overhead`` percent, the regime the target is set in;
 6. Prefect's overhead per save: a small save through the Prefect task (a sync
    ``CheckpointManager``) against the store called directly;
 7. the peak resident memory of each, as growth over the process's baseline.
 
 Every timed operation runs in a fresh process (``benchmarks._fs_worker``) that
-first runs it once untimed, in rotating order each round; the best round of
+first runs it once untimed, in rotating order each round (``--rounds``, and
+``--load-rounds`` for the loads, whose cold reads vary most); the best round of
 each side counts, the highest memory. Managers save once before they are timed:
 a job's first background save also allocates the snapshot buffer that later
 ones reuse (reported as ``first_save_blocked_s``). Prints a table, then one JSON
@@ -92,13 +100,41 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks filesystem")
     parser.add_argument("--size-mb", type=int, default=1024, help="weights, MiB (N)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per side")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per side")
+    parser.add_argument(
+        "--load-rounds",
+        type=int,
+        default=4,
+        help="rounds per side for loads, which are quick and the noisiest",
+    )
     parser.add_argument("--results", default="bench-results", help="output folder")
     parser.add_argument("--dir", help="scratch folder (default RESULTS/data)")
     parser.add_argument("--plot", help="PNG path (default RESULTS/filesystem-N.png)")
     parser.add_argument("--api-url", help="Prefect API to use; default: a local one")
-    parser.add_argument("--checkpoints", type=int, default=4, help="in the loop")
-    parser.add_argument("--sync-share", type=float, default=0.35, help="of the loop")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        help="training: intervals with a background checkpoint (and as many "
+        "without); default: as many as fit in --training-seconds, 3 to 12",
+    )
+    parser.add_argument(
+        "--training-seconds",
+        type=float,
+        default=150,
+        help="training: about how long the background loop may run",
+    )
+    parser.add_argument(
+        "--sync-pairs",
+        type=int,
+        default=2,
+        help="training: intervals with a sync checkpoint (and as many without)",
+    )
+    parser.add_argument(
+        "--sync-overhead",
+        type=float,
+        default=40,
+        help="training: what sync checkpoints should cost, in %% of the loop",
+    )
     parser.add_argument("--prefect-rounds", type=int, default=20)
     parser.add_argument("--no-torch", action="store_true", help="skip torch.save")
     parser.add_argument(
@@ -183,7 +219,7 @@ class _Run:
         files = [str(folder / "weights.bin"), str(folder / "optimizer.bin")]
         found: dict[str, Any] = {}
         drop = self.args.evict == "drop_caches"
-        for index in range(self.args.rounds):
+        for index in range(self.args.load_rounds):
             for side in _rotated(["raw", "ours", "verified"], index):
                 if side == "raw":
                     result = self.worker("read_raw", files=files, drop_caches=drop)
@@ -237,25 +273,31 @@ class _Run:
         self.env = {**self.env, **ONE_THREAD}
         found = self.worker("calibrate", root=self.root, steps=40, **self.state)
         step, save_seconds = found["step_seconds"], found["save_seconds"]
-        saves, share = self.args.checkpoints, self.args.sync_share
-        interval = saves * save_seconds / ((saves + 1) * share)
-        every = max(1, round(interval / step))
-        found.update(every=every, checkpoints=saves)
+        every = max(1, round(save_seconds / (self.args.sync_overhead / 100) / step))
+        found["every"] = every
+        background = self.args.pairs
+        if background is None:
+            pair = 2 * every * step
+            background = min(12, max(3, round(self.args.training_seconds / pair)))
+        pairs = {"sync": self.args.sync_pairs, "background": background}
         _say(
             f"training: {step * 1e3:.1f} ms a step, a sync save {save_seconds:.2f} s,"
-            f" a checkpoint every {every} steps"
+            f" a checkpoint every {every} steps, {background} background pairs"
         )
-        for mode in ("none", "sync", "background"):
+        for mode in ("sync", "background"):
             result = self.worker(
                 "train",
                 root=self.root,
                 mode=mode,
                 every=every,
-                checkpoints=saves,
+                pairs=pairs[mode],
                 **self.state,
             )
             found[mode] = result
-            _say(f"training {mode}: {result['seconds']:.1f} s")
+            _say(
+                f"training {mode}: {sum(result['checkpointed']):.1f} s with"
+                f" checkpoints, {sum(result['plain']):.1f} s without"
+            )
         return found
 
 

@@ -111,6 +111,10 @@ def test_filesystem_benchmark_reports_every_comparison(
             "1",
             "--prefect-rounds",
             "2",
+            "--load-rounds",
+            "1",
+            "--sync-pairs",
+            "2",
             "--results",
             str(tmp_path / "results"),
             "--plot",
@@ -128,6 +132,9 @@ def test_filesystem_benchmark_reports_every_comparison(
     assert code in (0, 1)
     assert names == expected
     assert all(line.keys() >= FIELDS for line in lines)
+    training = [line for line in lines if line["name"].startswith("training_")]
+    assert all(line["standard_error_pct"] is not None for line in training)
+    assert training[-1]["blocked_pct"] > 0
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw = json.loads((tmp_path / "results" / "filesystem-4mib.json").read_text())
     assert raw["size_mb"] == 4 and "machine" in raw
