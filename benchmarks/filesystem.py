@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--load-rounds",
         type=int,
-        default=4,
+        default=3,
         help="rounds per side for loads, which are quick and the noisiest",
     )
     parser.add_argument("--results", default="bench-results", help="output folder")
@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--training-seconds",
         type=float,
-        default=150,
+        default=100,
         help="training: about how long the background loop may run",
     )
     parser.add_argument(
@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sync-overhead",
         type=float,
-        default=40,
+        default=35,
         help="training: what sync checkpoints should cost, in %% of the loop",
     )
     parser.add_argument("--prefect-rounds", type=int, default=20)

@@ -280,9 +280,11 @@ class _Manager(Generic[R, InfoT]):
                 self._write, self.store, encoded, self._pointer(), self._retention()
             )
 
-        # TODO(#5): on a two-core machine a training loop still runs about 29 %
-        # slower while a 3 GiB background save copies, hashes and writes (the
-        # target is 3.5 %); the snapshot copy and the writer compete for the cores.
+        # TODO(#5): where sync checkpoints cost a training loop 31 %, background
+        # ones cost it 5.3 % on a two-core VM whose disk wrote 3 GiB in 1 s (the
+        # target is 3.5 %); 4.2 points of that are this copy (0.13 s). Only a
+        # snapshot that does not copy can go lower; fork() was tried, and the
+        # loop ran slower (see the README's performance section).
         self._slots.acquire()
         try:
             snapshots = {
