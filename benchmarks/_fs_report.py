@@ -112,7 +112,7 @@ def compare(raw: dict[str, Any], args: argparse.Namespace) -> list[Comparison]:
             target="value <= 1.25 x baseline",
             baseline=copy,
             baseline_name="numpy.copy of the state",
-            first_save_blocked_s=min(bg["mutable"]["first_blocked"]),
+            first_save_blocked_s=max(bg["mutable"]["first_blocked"]),
             **rounds,
         )
     )

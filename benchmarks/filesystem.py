@@ -29,22 +29,27 @@ measures:
    that the machine's drift cancels; a background save still running at the
    end of its interval is waited for inside it. The line gives the standard
    error of the mean difference too, and ``blocked_pct``: the part of the
-   overhead that is ``save()`` blocking for the snapshot copy. K is chosen
-   from a measured sync save so that sync checkpoints cost about
-   ``--sync-overhead`` percent, the regime the target is set in;
+   overhead that is ``save()`` blocking the loop (the snapshot copy and
+   handing the save to the task runner). K is chosen from the median of two
+   sync saves so that sync checkpoints add about ``--sync-overhead`` percent
+   to the loop's time, the regime the target is set in;
 6. Prefect's overhead per save: a small save through the Prefect task (a sync
    ``CheckpointManager``) against the store called directly;
 7. the peak resident memory of each, as growth over the process's baseline.
 
-Every timed operation runs in a fresh process (``benchmarks._fs_worker``) that
-first runs it once untimed, in rotating order each round (``--rounds``, and
-``--load-rounds`` for the loads, whose cold reads vary most); the best round of
-each side counts, the highest memory. Managers save once before they are timed:
-a job's first background save also allocates the snapshot buffer that later
-ones reuse (reported as ``first_save_blocked_s``). Prints a table, then one JSON
-object per comparison per line (see ``benchmarks._common``), and writes a PNG of
-save and load throughput against the limits plus the raw numbers to
-``--results``. Exits with 0 when every target is met, 1 otherwise.
+Every save, load and copy runs in a fresh process (``benchmarks._fs_worker``)
+that first runs it once untimed, in rotating order each round (``--rounds``,
+and ``--load-rounds`` for the loads, whose cold reads vary most); the best
+round of each side counts, the highest memory. A background save of the state
+is timed on the second save of its process: a job's first one also allocates
+the snapshot buffer that later ones reuse (reported, the worst round, as
+``first_save_blocked_s``). Prefect's overhead is the median of
+``--prefect-rounds`` saves each way, after three untimed ones.
+
+Prints a table, then one JSON object per comparison per line (see
+``benchmarks._common``), and writes a PNG of save and load throughput against
+the limits plus the raw numbers to ``--results``. Exits with 0 when every
+target is met, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -115,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         "--pairs",
         type=int,
         help="training: intervals with a background checkpoint (and as many "
-        "without); default: as many as fit in --training-seconds, 3 to 12",
+        "without); default: the even number, 4 to 12, that fits in "
+        "--training-seconds (an even count cancels a steady drift)",
     )
     parser.add_argument(
         "--training-seconds",
@@ -133,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sync-overhead",
         type=float,
         default=35,
-        help="training: what sync checkpoints should cost, in %% of the loop",
+        help="training: what sync checkpoints should add to the loop's time, in %%",
     )
     parser.add_argument("--prefect-rounds", type=int, default=20)
     parser.add_argument("--no-torch", action="store_true", help="skip torch.save")
@@ -277,8 +283,8 @@ class _Run:
         found["every"] = every
         background = self.args.pairs
         if background is None:
-            pair = 2 * every * step
-            background = min(12, max(3, round(self.args.training_seconds / pair)))
+            fit = self.args.training_seconds / (4 * every * step)
+            background = 2 * min(6, max(2, round(fit)))
         pairs = {"sync": self.args.sync_pairs, "background": background}
         _say(
             f"training: {step * 1e3:.1f} ms a step, a sync save {save_seconds:.2f} s,"
