@@ -182,8 +182,8 @@ def _training(train: dict[str, Any]) -> list[Comparison]:
         return 100 * spread / statistics.mean(plain)
 
     sync, background = overhead("sync"), overhead("background")
-    # The part of the background overhead that is save() blocking the loop for
-    # the snapshot copy: the floor of any design that copies.
+    # The part of the background overhead that is save() blocking the loop: the
+    # snapshot copy, the floor of any design that copies, and the hand-off.
     blocked = 100 * sum(train["background"]["blocked"])
     blocked /= sum(train["background"]["plain"])
     loop = {
