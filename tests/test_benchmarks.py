@@ -113,8 +113,6 @@ def test_filesystem_benchmark_reports_every_comparison(
             "2",
             "--load-rounds",
             "1",
-            "--sync-pairs",
-            "2",
             "--results",
             str(tmp_path / "results"),
             "--plot",
